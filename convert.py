@@ -1,0 +1,450 @@
+"""Hugging Face / sentence-transformers folders <-> Haiku params: import, export and the CLI.
+
+    python convert.py --model=PATH --out=DIR
+
+PATH is a model folder (config.json, model.safetensors, tokenizer.json and, where present, the
+sentence-transformers files modules.json, 1_Pooling/config.json, sentence_bert_config.json) or a
+training workdir (its latest checkpoint). DIR becomes a sentence-transformers folder that
+`SentenceTransformer(DIR)` loads. Every problem with an input folder is reported, before any
+compute, as a `ModelFolderError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import haiku as hk
+import jax
+import numpy as np
+import safetensors.numpy
+import tokenizers
+from absl import app, flags
+
+import model as model_lib
+
+# Files of a tokenizer that export copies verbatim (whichever of them the source folder has).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spm.model",
+)
+CHECKPOINTS = "checkpoints"  # a training workdir keeps DIR/checkpoints/<step>/model/
+MODEL_PREFIXES = ("", "bert.", "roberta.", "distilbert.", "mpnet.", "model.", "0.auto_model.")
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be imported; the message names the file and field."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """Everything needed to embed text with, and to export, one model."""
+
+    config: model_lib.EncoderConfig  # architecture
+    params: hk.Params  # float32 Haiku params
+    tokenizer: tokenizers.Tokenizer  # no padding, truncation at max_seq_length
+    pooling: str  # mean | cls | max
+    normalize: bool  # L2-normalise the pooled embedding
+    max_seq_length: int  # tokens per text, special tokens included
+    hf_config: dict[str, Any]  # config.json as read; export updates the architecture fields
+    tokenizer_files: dict[str, bytes]  # copied verbatim on export
+    extra_tensors: dict[str, np.ndarray]  # tensors we do not use (e.g. the pooler), kept on export
+    path: str = ""  # where it was loaded from
+
+    @property
+    def pad_id(self) -> int:
+        return pad_token_id(self.tokenizer, self.config.pad_token_id)
+
+    def embed_fn(self, num_segments: int = 1) -> hk.Transformed:
+        return model_lib.make_embed_fn(self.config, self.pooling, self.normalize, num_segments)
+
+
+def _read_json(path: str) -> Any:
+    if not os.path.exists(path):
+        raise ModelFolderError(f"{path}: file is missing")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{path}: not valid JSON ({e})") from e
+
+
+def _field(cfg: Mapping[str, Any], key: str, source: str, kind: type = int, default: Any = None):
+    if key not in cfg:
+        if default is not None:
+            return default
+        raise ModelFolderError(f"{source}: field {key!r} is missing")
+    value = cfg[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ModelFolderError(f"{source}: field {key!r} should be {kind.__name__}, got {value!r}")
+    return value
+
+
+def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> model_lib.EncoderConfig:
+    """An EncoderConfig from a Hugging Face config.json dict of a supported `model_type`."""
+    model_type = hf.get("model_type")
+    if model_type not in model_lib.MODEL_TYPES:
+        raise ModelFolderError(
+            f"{source}: model_type {model_type!r} is not supported (supported: "
+            f"{', '.join(model_lib.MODEL_TYPES)})"
+        )
+    act_key = "activation" if model_type == "distilbert" else "hidden_act"
+    if hf.get(act_key, "gelu") != "gelu":
+        raise ModelFolderError(f"{source}: field {act_key!r} is {hf[act_key]!r}; only 'gelu'")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ModelFolderError(
+            f"{source}: field 'position_embedding_type' is "
+            f"{hf['position_embedding_type']!r}; only 'absolute'"
+        )
+    if model_type == "distilbert":
+        if hf.get("sinusoidal_pos_embds", False):
+            raise ModelFolderError(f"{source}: field 'sinusoidal_pos_embds' true is not supported")
+        cfg = model_lib.EncoderConfig(
+            model_type=model_type,
+            vocab_size=_field(hf, "vocab_size", source),
+            hidden_size=_field(hf, "dim", source),
+            num_layers=_field(hf, "n_layers", source),
+            num_heads=_field(hf, "n_heads", source),
+            intermediate_size=_field(hf, "hidden_dim", source),
+            max_position_embeddings=_field(hf, "max_position_embeddings", source),
+            type_vocab_size=0,
+            layer_norm_eps=1e-12,  # fixed in transformers' DistilBERT
+            dropout_rate=_field(hf, "dropout", source, float, 0.1),
+            attention_dropout_rate=_field(hf, "attention_dropout", source, float, 0.1),
+            pad_token_id=_field(hf, "pad_token_id", source, int, 0),
+        )
+    else:
+        pad = _field(hf, "pad_token_id", source, int, 1 if model_type != "bert" else 0)
+        cfg = model_lib.EncoderConfig(
+            model_type=model_type,
+            vocab_size=_field(hf, "vocab_size", source),
+            hidden_size=_field(hf, "hidden_size", source),
+            num_layers=_field(hf, "num_hidden_layers", source),
+            num_heads=_field(hf, "num_attention_heads", source),
+            intermediate_size=_field(hf, "intermediate_size", source),
+            max_position_embeddings=_field(hf, "max_position_embeddings", source),
+            type_vocab_size=0 if model_type == "mpnet" else _field(hf, "type_vocab_size", source),
+            layer_norm_eps=_field(hf, "layer_norm_eps", source, float),
+            dropout_rate=_field(hf, "hidden_dropout_prob", source, float, 0.1),
+            attention_dropout_rate=_field(hf, "attention_probs_dropout_prob", source, float, 0.1),
+            pad_token_id=pad,
+            position_offset=0 if model_type == "bert" else pad + 1,
+            relative_attention_num_buckets=(
+                _field(hf, "relative_attention_num_buckets", source, int, 32)
+                if model_type == "mpnet"
+                else 0
+            ),
+        )
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise ModelFolderError(f"{source}: {e}") from e
+    return cfg
+
+
+def hf_config_for(cfg: model_lib.EncoderConfig, base: Mapping[str, Any] | None = None) -> dict:
+    """config.json contents for `cfg`, keeping the other fields of `base` (the imported file)."""
+    out = dict(base or {})
+    out["model_type"] = cfg.model_type
+    if cfg.model_type == "distilbert":
+        out.update(
+            architectures=["DistilBertModel"],
+            vocab_size=cfg.vocab_size,
+            dim=cfg.hidden_size,
+            n_layers=cfg.num_layers,
+            n_heads=cfg.num_heads,
+            hidden_dim=cfg.intermediate_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            dropout=cfg.dropout_rate,
+            attention_dropout=cfg.attention_dropout_rate,
+            activation="gelu",
+            sinusoidal_pos_embds=False,
+            pad_token_id=cfg.pad_token_id,
+        )
+        return out
+    arch = {"bert": "BertModel", "roberta": "RobertaModel", "mpnet": "MPNetModel"}
+    out.update(
+        architectures=[arch[cfg.model_type]],
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        layer_norm_eps=cfg.layer_norm_eps,
+        hidden_dropout_prob=cfg.dropout_rate,
+        attention_probs_dropout_prob=cfg.attention_dropout_rate,
+        hidden_act="gelu",
+        pad_token_id=cfg.pad_token_id,
+    )
+    if cfg.model_type == "mpnet":
+        out["relative_attention_num_buckets"] = cfg.relative_attention_num_buckets
+    else:
+        out["type_vocab_size"] = cfg.type_vocab_size
+        out.setdefault("position_embedding_type", "absolute")
+    return out
+
+
+def pad_token_id(tokenizer: tokenizers.Tokenizer, default: int = 0) -> int:
+    """The id of the tokenizer's padding token ([PAD], <pad>), else `default`."""
+    for token in ("[PAD]", "<pad>"):
+        idx = tokenizer.token_to_id(token)
+        if idx is not None:
+            return idx
+    return default
+
+
+def load_tokenizer(folder: str, max_length: int) -> tokenizers.Tokenizer:
+    """tokenizer.json with its fixed padding turned off and truncation at `max_length`."""
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.exists(path):
+        raise ModelFolderError(f"{path}: file is missing (only fast-tokenizer folders are read)")
+    try:
+        tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises a bare Exception on a bad file
+        raise ModelFolderError(f"{path}: not a valid tokenizer file ({e})") from e
+    # Many tokenizer.json files pad every text to a fixed length: that would make us embed
+    # padding and waste compute; padding is done per batch by our own code.
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length, strategy="longest_first")
+    return tok
+
+
+def _read_pooling(folder: str, modules: list[dict]) -> tuple[str, bool, str]:
+    """(pooling mode, normalize, transformer sub-folder) from modules.json and 1_Pooling."""
+    modules_path = os.path.join(folder, "modules.json")
+    transformer_dir, pooling, normalize = "", "mean", False
+    if not modules:  # a plain HF folder: sentence-transformers' default is mean pooling
+        return pooling, normalize, transformer_dir
+    for i, mod in enumerate(modules):
+        kind = str(mod.get("type", "")).rsplit(".", 1)[-1]
+        if kind == "Transformer":
+            transformer_dir = mod.get("path", "")
+        elif kind == "Pooling":
+            pool_path = os.path.join(folder, mod.get("path", "1_Pooling"), "config.json")
+            pool_cfg = _read_json(pool_path)
+            modes = [
+                m
+                for m, key in (
+                    ("mean", "pooling_mode_mean_tokens"),
+                    ("cls", "pooling_mode_cls_token"),
+                    ("max", "pooling_mode_max_tokens"),
+                )
+                if pool_cfg.get(key)
+            ]
+            for key in (
+                "pooling_mode_mean_sqrt_len_tokens",
+                "pooling_mode_weightedmean_tokens",
+                "pooling_mode_lasttoken",
+            ):
+                if pool_cfg.get(key):
+                    raise ModelFolderError(f"{pool_path}: field {key!r} is not supported")
+            if len(modes) != 1:
+                raise ModelFolderError(
+                    f"{pool_path}: exactly one of pooling_mode_mean_tokens / _cls_token / "
+                    f"_max_tokens must be true, got {modes or 'none'}"
+                )
+            pooling = modes[0]
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise ModelFolderError(
+                f"{modules_path}: module {i} type {mod.get('type')!r} is not supported "
+                "(Transformer, Pooling, Normalize)"
+            )
+    return pooling, normalize, transformer_dir
+
+
+def latest_checkpoint_dir(workdir: str) -> str | None:
+    """The newest complete checkpoint folder of a training workdir, or None."""
+    root = os.path.join(workdir, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return None
+    steps = sorted((int(n) for n in os.listdir(root) if n.isdigit()), reverse=True)
+    for step in steps:
+        path = os.path.join(root, f"{step:09d}")
+        if os.path.exists(os.path.join(path, "model", "model.safetensors")):
+            return path
+    return None
+
+
+def resolve_model_dir(path: str) -> str:
+    """A model folder, or a training workdir's latest checkpoint (then its export)."""
+    if not os.path.exists(path):
+        raise ModelFolderError(f"{path}: no such model folder or workdir")
+    if os.path.exists(os.path.join(path, "config.json")) or os.path.exists(
+        os.path.join(path, "modules.json")
+    ):
+        return path
+    ckpt = latest_checkpoint_dir(path)
+    if ckpt is not None:
+        return os.path.join(ckpt, "model")
+    if os.path.exists(os.path.join(path, "export", "config.json")):
+        return os.path.join(path, "export")
+    raise ModelFolderError(
+        f"{path}: neither a model folder (config.json) nor a training workdir "
+        f"({CHECKPOINTS}/ or export/)"
+    )
+
+
+def load_model(path: str) -> LoadedModel:
+    """Import a HF / sentence-transformers folder or a training workdir's latest checkpoint."""
+    folder = resolve_model_dir(path)
+    modules_path = os.path.join(folder, "modules.json")
+    modules = _read_json(modules_path) if os.path.exists(modules_path) else []
+    if not isinstance(modules, list):
+        raise ModelFolderError(f"{modules_path}: expected a JSON list of modules")
+    pooling, normalize, sub = _read_pooling(folder, modules)
+    tdir = os.path.join(folder, sub)
+
+    config_path = os.path.join(tdir, "config.json")
+    hf = _read_json(config_path)
+    if not isinstance(hf, dict):
+        raise ModelFolderError(f"{config_path}: expected a JSON object")
+    cfg = config_from_hf(hf, config_path)
+
+    st_path = os.path.join(folder, "sentence_bert_config.json")
+    st_cfg = _read_json(st_path) if os.path.exists(st_path) else {}
+    max_len = st_cfg.get("max_seq_length") or min(512, cfg.max_position_embeddings)
+    if not isinstance(max_len, int) or max_len <= 0:
+        raise ModelFolderError(f"{st_path}: field 'max_seq_length' should be a positive int")
+    if max_len + cfg.position_offset > cfg.max_position_embeddings:
+        raise ModelFolderError(
+            f"{st_path}: field 'max_seq_length' {max_len} exceeds the position table "
+            f"({cfg.max_position_embeddings} rows, offset {cfg.position_offset}) of {config_path}"
+        )
+    tokenizer = load_tokenizer(tdir, max_len)
+
+    weights_path = os.path.join(tdir, "model.safetensors")
+    if not os.path.exists(weights_path):
+        raise ModelFolderError(f"{weights_path}: file is missing (only safetensors are read)")
+    try:
+        tensors = safetensors.numpy.load_file(weights_path)
+    except Exception as e:  # safetensors raises its own error types
+        raise ModelFolderError(f"{weights_path}: not a valid safetensors file ({e})") from e
+    first = next(iter(model_lib.hf_name_table(cfg).values()))[0]
+    prefix = next((p for p in MODEL_PREFIXES if p + first in tensors), None)
+    if prefix is None:
+        raise ModelFolderError(f"{weights_path}: tensor {first!r} is missing")
+    unprefixed = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        params = model_lib.params_from_hf(unprefixed, cfg, source=weights_path)
+    except ValueError as e:
+        raise ModelFolderError(str(e)) from e
+    used = {name for name, _ in model_lib.hf_name_table(cfg).values()}
+    extra = {
+        k: v for k, v in unprefixed.items() if k not in used and k != "embeddings.position_ids"
+    }
+
+    tok_files = {}
+    for name in TOKENIZER_FILES:
+        p = os.path.join(tdir, name)
+        if os.path.exists(p):
+            with open(p, "rb") as f:
+                tok_files[name] = f.read()
+    return LoadedModel(
+        config=cfg,
+        params=jax.tree.map(np.asarray, params),
+        tokenizer=tokenizer,
+        pooling=pooling,
+        normalize=normalize,
+        max_seq_length=max_len,
+        hf_config=hf,
+        tokenizer_files=tok_files,
+        extra_tensors=extra,
+        path=folder,
+    )
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def export_model(m: LoadedModel, out_dir: str, params: hk.Params | None = None) -> str:
+    """Write a sentence-transformers folder of `params` (default `m.params`); returns out_dir."""
+    params = m.params if params is None else params
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = dict(m.extra_tensors)
+    tensors.update(model_lib.params_to_hf(jax.device_get(params), m.config))
+    safetensors.numpy.save_file(
+        tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"}
+    )
+    _write_json(os.path.join(out_dir, "config.json"), hf_config_for(m.config, m.hf_config))
+    for name, data in m.tokenizer_files.items():
+        with open(os.path.join(out_dir, name), "wb") as f:
+            f.write(data)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    if m.normalize:
+        modules.append(
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+    _write_json(os.path.join(out_dir, "modules.json"), modules)
+    os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
+    _write_json(
+        os.path.join(out_dir, "1_Pooling", "config.json"),
+        {
+            "word_embedding_dimension": m.config.hidden_size,
+            "pooling_mode_cls_token": m.pooling == "cls",
+            "pooling_mode_mean_tokens": m.pooling == "mean",
+            "pooling_mode_max_tokens": m.pooling == "max",
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    )
+    _write_json(
+        os.path.join(out_dir, "sentence_bert_config.json"),
+        {"max_seq_length": m.max_seq_length, "do_lower_case": False},
+    )
+    _write_json(
+        os.path.join(out_dir, "config_sentence_transformers.json"),
+        {
+            "__version__": {"sentence_transformers": "2.0.0", "exported_by": "jax-sentence-embed"},
+            "prompts": {},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    )
+    return out_dir
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    model_path, out = flags.FLAGS.model, flags.FLAGS.out
+    if not model_path or not out:
+        raise app.UsageError("--model and --out are required")
+    m = load_model(model_path)
+    export_model(m, out)
+    print(json.dumps({"model": m.path, "out": out, "model_type": m.config.model_type}))
+
+
+if __name__ == "__main__":
+    # Flags are defined only when run as a program: evaluate.py and main.py import this module.
+    flags.DEFINE_string("model", None, "model folder or training workdir to export")
+    flags.DEFINE_string("out", None, "output sentence-transformers folder")
+    app.run(main)

