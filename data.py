@@ -486,6 +486,8 @@ class MixtureLoader:
           shuffle_buffer: lines per dataset shuffled together in memory (default 10_000).
           max_negatives: K, static number of negative columns; extra negatives are cut and
             counted (default 1).
+          max_deferred: conflicting examples held per dataset before the oldest is dropped
+            and counted (default 10_000; only pathological data gets there).
           max_seq_len, bucket_lengths, prefetch: used by `tokenize` / `Prefetcher`, not here.
         """
         g = data_cfg.get
