@@ -196,8 +196,12 @@ def pool(
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """torch.nn.functional.normalize: x / max(||x||, eps)."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    """torch.nn.functional.normalize: x / max(||x||, eps).
+
+    Written with rsqrt of a clamped square so that the gradient of an all-zero row (an empty
+    segment, an absent negative) is finite rather than NaN.
+    """
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def make_embed_fn(

