@@ -1,0 +1,262 @@
+"""Multiple-negatives ranking loss, its cross-device form, and GradCache.
+
+The seed's recipe ("1B training pairs", all-MiniLM-L6-v2): every anchor must pick its own
+positive among all positives of the batch and all hard negatives, with scaled cosine
+similarity and softmax cross-entropy. Bigger batches mean more negatives, so the candidates are
+gathered across devices (`mnrl_loss(..., axis_name="data")` inside `jax.shard_map`), and a batch
+that does not fit in memory is embedded in chunks whose activations are recomputed on the
+backward pass (`cached_value_and_grad`, GradCache by Gao et al. 2021).
+
+Shapes: B examples (local to one device inside shard_map), D embedding width, K hard negatives
+per example, G devices on the `data` axis, N candidates (G*B positives then G*B*K negatives),
+C chunks of the batch.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import optax
+
+SIMILARITIES = ("cosine", "dot")
+
+# Finite rather than -inf: exp() of it underflows to exactly 0 in float32, and a row whose
+# candidates were all masked could never produce inf - inf = NaN.
+_MASKED_LOGIT = -1e9
+
+# embed_fn(params, inputs_chunk, rng_chunk) -> embeddings pytree with leading axis = chunk rows.
+EmbedFn = Callable[[hk.Params, Any, jax.Array], Any]
+# loss_fn(embeddings pytree of the whole local batch) -> (loss, metrics).
+LossFn = Callable[[Any], tuple[jax.Array, dict]]
+
+
+def _prepare(x: jax.Array, similarity: str) -> jax.Array:
+    # float32 before anything else: bfloat16 cosines carry ~3 significant digits, which scale 20
+    # turns into logit errors of ~0.1.
+    x = x.astype(jnp.float32)
+    if similarity == "cosine":
+        # Same eps as torch.nn.functional.normalize, which sentence-transformers' cos_sim uses;
+        # rsqrt of a clamped square keeps the gradient of an all-zero row finite.
+        x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+    return x
+
+
+def _scores(scale: float, query_BxD: jax.Array, candidate_NxD: jax.Array) -> jax.Array:
+    # HIGHEST: accelerators otherwise default to bf16/tf32 passes for float32 matmuls.
+    return scale * jnp.matmul(
+        query_BxD, candidate_NxD.T, precision=jax.lax.Precision.HIGHEST
+    ).astype(jnp.float32)
+
+
+def mnrl_loss(
+    anchor_BxD: jax.Array,
+    positive_BxD: jax.Array,
+    negative_BxKxD: jax.Array | None = None,
+    negative_mask_BxK: jax.Array | None = None,
+    *,
+    scale: float = 20.0,
+    similarity: str = "cosine",
+    symmetric: bool = False,
+    axis_name: str | None = None,
+    gather: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MultipleNegativesRankingLoss: anchor i must rank positive i first among all candidates.
+
+    Candidates are all positives, then all hard negatives flattened row-major over (example, k).
+    With `axis_name`, call it inside `jax.shard_map` on the local shard: candidates (and the
+    negatives mask) are gathered from every device in device order, so loss and gradients equal
+    the single-device call on the concatenated global batch; `gather=False` keeps the local
+    candidates only (the ablation). Returns the mean loss and {"accuracy": in-batch top-1}, both
+    float32 scalars averaged over the whole (global) batch.
+
+    Args:
+      anchor_BxD: anchor embeddings.
+      positive_BxD: positive embeddings, row i belongs to anchor i.
+      negative_BxKxD: optional hard negatives, K of them per example (K may be 0).
+      negative_mask_BxK: True where a hard negative exists; masked ones are no candidates.
+      scale: multiplies the similarities (inverse temperature); the seed used 20.
+      similarity: "cosine" or "dot".
+      symmetric: also average in the positive -> anchor direction, scored over the anchors
+        only (sentence-transformers' MultipleNegativesSymmetricRankingLoss; CLIP).
+      axis_name: mesh axis of the enclosing shard_map, or None on one device.
+      gather: with axis_name, gather candidates from all devices (True) or not (False).
+    """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"Unknown similarity {similarity!r}; expected one of {SIMILARITIES}.")
+    if negative_mask_BxK is not None and negative_BxKxD is None:
+        raise ValueError("negative_mask_BxK given without negative_BxKxD.")
+    batch = anchor_BxD.shape[0]
+    anchor_BxD = _prepare(anchor_BxD, similarity)
+    positive_BxD = _prepare(positive_BxD, similarity)
+    labels_B = jnp.arange(batch)
+    if axis_name is not None and gather:
+        # Tiled gathers of each array on its own keep the global example order equal to the
+        # concatenated batch. Gathering one per-device [positives; negatives] block would
+        # interleave them, and the offset labels would then point at other examples' negatives.
+        def collect(x):
+            return jax.lax.all_gather(x, axis_name, tiled=True)
+
+        labels_B = labels_B + jax.lax.axis_index(axis_name) * batch
+    else:
+
+        def collect(x):
+            return x
+
+    scores_BxN = _scores(scale, anchor_BxD, collect(positive_BxD))
+    if negative_BxKxD is not None and negative_BxKxD.shape[1] > 0:
+        negative_BxKxD = _prepare(negative_BxKxD, similarity)
+        if negative_mask_BxK is None:
+            negative_mask_BxK = jnp.ones(negative_BxKxD.shape[:2], dtype=bool)
+        all_negative_BxKxD = collect(negative_BxKxD)
+        all_mask_BxK = collect(negative_mask_BxK.astype(bool))
+        negative_scores = _scores(
+            scale, anchor_BxD, all_negative_BxKxD.reshape(-1, all_negative_BxKxD.shape[-1])
+        )
+        negative_scores = jnp.where(all_mask_BxK.reshape(1, -1), negative_scores, _MASKED_LOGIT)
+        scores_BxN = jnp.concatenate([scores_BxN, negative_scores], axis=1)
+
+    loss_B = optax.softmax_cross_entropy_with_integer_labels(scores_BxN, labels_B)
+    accuracy = jnp.mean((jnp.argmax(scores_BxN, axis=1) == labels_B).astype(jnp.float32))
+    if symmetric:
+        backward_scores = _scores(scale, positive_BxD, collect(anchor_BxD))
+        backward_B = optax.softmax_cross_entropy_with_integer_labels(backward_scores, labels_B)
+        loss_B = 0.5 * (loss_B + backward_B)
+    loss = jnp.mean(loss_B)
+    if axis_name is not None:
+        # Every device holds B rows, so the mean of the local means is the global mean.
+        loss = jax.lax.pmean(loss, axis_name)
+        accuracy = jax.lax.pmean(accuracy, axis_name)
+    return loss, {"accuracy": accuracy}
+
+
+def _split_chunks(tree: Any, chunk_size: int) -> tuple[Any, int]:
+    sizes = {x.shape[0] for x in jax.tree.leaves(tree)}
+    if len(sizes) != 1:
+        raise ValueError(f"Inputs disagree on the batch size: {sorted(sizes)}.")
+    (size,) = sizes
+    if chunk_size <= 0 or size % chunk_size:
+        raise ValueError(f"chunk_size {chunk_size} does not divide the batch size {size}.")
+    num_chunks = size // chunk_size
+    chunked = jax.tree.map(lambda x: x.reshape(num_chunks, chunk_size, *x.shape[1:]), tree)
+    return chunked, num_chunks
+
+
+def _merge_chunks(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
+
+
+def _chunk_keys(rng: jax.Array, num_chunks: int) -> jax.Array:
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_chunks))
+
+
+def _embed_in_chunks(embed_fn: EmbedFn, params: hk.Params, chunks: Any, keys: jax.Array) -> Any:
+    embedded = jax.lax.map(lambda xs: embed_fn(params, xs[0], xs[1]), (chunks, keys))
+    return _merge_chunks(embedded)
+
+
+def chunked_value_and_grad(
+    embed_fn: EmbedFn,
+    loss_fn: LossFn,
+    params: hk.Params,
+    inputs: Any,
+    rng: jax.Array,
+    chunk_size: int,
+) -> tuple[tuple[jax.Array, dict], hk.Params]:
+    """Reference for `cached_value_and_grad`: same chunks and keys, activations kept.
+
+    Chunk c is embedded with key `fold_in(rng, c)`. Memory grows with the whole batch; use it
+    to check GradCache, not to train.
+    """
+    chunks, num_chunks = _split_chunks(inputs, chunk_size)
+    keys = _chunk_keys(rng, num_chunks)
+
+    def objective(p):
+        return loss_fn(_embed_in_chunks(embed_fn, p, chunks, keys))
+
+    return jax.value_and_grad(objective, has_aux=True)(params)
+
+
+def cached_value_and_grad(
+    embed_fn: EmbedFn,
+    loss_fn: LossFn,
+    params: hk.Params,
+    inputs: Any,
+    rng: jax.Array,
+    chunk_size: int,
+    *,
+    axis_name: str | None = None,
+) -> tuple[tuple[jax.Array, dict], hk.Params]:
+    """GradCache: value and parameter gradient of `loss_fn(embed_fn(params, inputs))` in chunks.
+
+    1. Embed the batch chunk by chunk (chunk c with key `fold_in(rng, c)`) without recording
+       activations. 2. Differentiate `loss_fn` with respect to the embeddings only; it sees the
+       whole local batch, so it may gather across devices. 3. Replay each chunk's forward pass
+       with the same key and pull its slice of the embedding gradient back to the parameters.
+    Peak activation memory is that of one chunk; the price is a second forward pass. Returns
+    `((loss, metrics), grads)` like `jax.value_and_grad(..., has_aux=True)`.
+
+    Inside `jax.shard_map` (with its default check_vma=True), pass the mesh axis over which
+    `params` are replicated as `axis_name`: each device then accumulates its own gradient and
+    one psum at the end sums them. Without it the result is the same, but JAX would insert that
+    psum into every chunk's replay.
+
+    Args:
+      embed_fn: (params, inputs_chunk, rng_chunk) -> embeddings pytree, rows on axis 0.
+      loss_fn: embeddings pytree of the whole local batch -> (loss, metrics).
+      params: the parameters to differentiate.
+      inputs: pytree of arrays sharing a leading batch axis divisible by chunk_size.
+      rng: key for dropout; chunk c uses `jax.random.fold_in(rng, c)`.
+      chunk_size: rows embedded at once.
+      axis_name: shard_map axis over which params are replicated, or None.
+    """
+    chunks, num_chunks = _split_chunks(inputs, chunk_size)
+    keys = _chunk_keys(rng, num_chunks)
+    embeddings = jax.lax.stop_gradient(_embed_in_chunks(embed_fn, params, chunks, keys))
+    (loss, metrics), embedding_grads = jax.value_and_grad(loss_fn, has_aux=True)(embeddings)
+    chunk_grads, _ = _split_chunks(embedding_grads, chunk_size)
+
+    replay_params = params
+    if axis_name is not None:
+        replay_params = jax.lax.pcast(params, axis_name, to="varying")
+
+    def replay(total, xs):
+        chunk, key, chunk_grad = xs
+        _, pullback = jax.vjp(lambda p: embed_fn(p, chunk, key), replay_params)
+        (grads,) = pullback(chunk_grad)
+        return jax.tree.map(jnp.add, total, grads), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    if axis_name is not None:
+        zeros = jax.lax.pcast(zeros, axis_name, to="varying")
+    grads, _ = jax.lax.scan(replay, zeros, (chunks, keys, chunk_grads))
+    if axis_name is not None:
+        grads = jax.lax.psum(grads, axis_name)
+    return (loss, metrics), grads
+
+
+def embedding_value_and_grad(
+    embed_fn: EmbedFn,
+    loss_fn: LossFn,
+    params: hk.Params,
+    inputs: Any,
+    rng: jax.Array,
+    *,
+    cache_chunk_size: int | None = None,
+    axis_name: str | None = None,
+) -> tuple[tuple[jax.Array, dict], hk.Params]:
+    """The train step's entry point: GradCache when `cache_chunk_size` is set, else plain.
+
+    Without a chunk size the whole local batch is embedded at once with `rng`, so the dropout
+    masks differ from the cached path's per-chunk keys (both are valid draws).
+    """
+    if cache_chunk_size:
+        return cached_value_and_grad(
+            embed_fn, loss_fn, params, inputs, rng, cache_chunk_size, axis_name=axis_name
+        )
+
+    def objective(p):
+        return loss_fn(embed_fn(p, inputs, rng))
+
+    return jax.value_and_grad(objective, has_aux=True)(params)
