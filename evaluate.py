@@ -1,21 +1,28 @@
-"""Embedding and evaluation: STS (cosine Spearman) and the evaluation CLI.
+"""Embedding and evaluation: STS (cosine Spearman), retrieval (nDCG@10) and the evaluation CLI.
 
-    python evaluate.py --model=PATH --sts=FILE.tsv.gz [--sts=FILE2 ...]
+    python evaluate.py --model=PATH [--sts=FILE.tsv.gz ...] [--retrieval=BEIR_DIR ...]
 
 PATH is anything convert.load_model accepts (a HF / sentence-transformers folder or a training
 workdir). One JSON line is printed per task, e.g.
-`{"task": "sample_data/stsb/test.tsv.gz", "metric": "spearman_cosine", "score": 82.03, "n": 1379}`;
-the score is x100 with 2 decimals, as sentence-transformers' EmbeddingSimilarityEvaluator and MTEB
-report it. Shape letters: N texts, B batch rows, L tokens, D embedding size.
+`{"task": "sample_data/stsb/test.tsv.gz", "metric": "spearman_cosine", "score": 82.03, "n": 1379}`
+or, for a BEIR folder (corpus.jsonl.gz, queries.jsonl.gz, qrels/test.tsv),
+`{"task": ..., "metric": "ndcg_at_10", "score": 64.51, "n": 300, "mrr_at_10": ..., "recall_at_100":
+...}`; scores are x100 with 2 decimals, as sentence-transformers' evaluators and MTEB report them.
+Retrieval follows MTEB / BEIR: documents are `title + " " + text`, cosine similarity, exact search,
+and the metrics of pytrec_eval (trec_eval): ranking by score then by *descending* document id
+(trec_eval's `comp_sim_docno`), graded gain with a log2(rank + 1) discount, queries without a
+relevant document skipped. Shape letters: N texts or documents, Q queries, K hits per query,
+B batch rows, L tokens, D embedding size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import json
+import os
 import sys
-import time
 from collections.abc import Sequence
 
 import haiku as hk
@@ -23,12 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
+import tqdm
 from absl import app, flags
 
 import convert
 import model as model_lib
 
 BUCKET = 16  # rows are padded to a multiple of this many tokens: few shapes, little padding
+SEARCH_CHUNK = 65536  # corpus rows per matrix product in top_k: bounded memory, BLAS-sized work
 
 
 class DataFileError(ValueError):
@@ -48,12 +57,6 @@ def _jitted_embed(
     return jax.jit(embed)
 
 
-def _progress(done: int, total: int, start: float, label: str) -> None:
-    rate = done / max(time.time() - start, 1e-9)
-    end = "\n" if done == total else ""
-    print(f"\r{label}: {done}/{total} texts, {rate:,.0f} texts/s", end=end, file=sys.stderr)
-
-
 def encode(
     m: convert.LoadedModel,
     texts: Sequence[str],
@@ -64,23 +67,28 @@ def encode(
     progress: bool = True,
     label: str = "encoding",
 ) -> np.ndarray:
-    """Embed `texts` -> float32 [N, D] in input order (length-sorted inside: little padding)."""
+    """Embed `texts` -> float32 [N, D] in input order (length-sorted inside: little padding).
+
+    Batches have a fixed number of rows (empty rows pad the last one) so each length compiles
+    once; a call with fewer texts than `batch_size` uses the next power of two (at least 8: few
+    shapes to compile) instead, so a single query does not pay for 64 rows.
+    """
     params = m.params if params is None else params
     n = len(texts)
     emb_NxD = np.zeros((n, m.config.hidden_size), np.float32)
     if n == 0:
         return emb_NxD
+    batch_size = min(batch_size, max(8, 1 << (n - 1).bit_length()))
     encodings = m.tokenizer.encode_batch(list(texts))
     lengths = np.array([len(e.ids) for e in encodings])
     order = np.argsort(-lengths, kind="stable")
     embed = _jitted_embed(m.config, m.pooling, m.normalize, dtype)
     pad = m.pad_id
-    start = time.time()
+    bar = tqdm.tqdm(total=n, desc=label, unit="text", disable=not progress, file=sys.stderr)
     for lo in range(0, n, batch_size):
         idx = order[lo : lo + batch_size]
         longest = int(lengths[idx].max())
         length = min(-(-longest // BUCKET) * BUCKET, max(longest, m.max_seq_length))
-        # Fixed batch rows (empty rows pad the last batch) so each length compiles once.
         ids_BxL = np.full((batch_size, length), pad, np.int32)
         seg_BxL = np.zeros((batch_size, length), np.int32)
         for row, i in enumerate(idx):
@@ -89,8 +97,8 @@ def encode(
             seg_BxL[row, : len(ids)] = 1
         out = embed(params, jnp.asarray(ids_BxL), jnp.asarray(seg_BxL))
         emb_NxD[idx] = np.asarray(out)[: len(idx)]
-        if progress:
-            _progress(min(lo + batch_size, n), n, start, label)
+        bar.update(len(idx))
+    bar.close()
     return emb_NxD
 
 
@@ -148,17 +156,222 @@ def evaluate_sts(
     return {"task": path, "metric": "spearman_cosine", "score": round(100 * rho, 2), "n": len(gold)}
 
 
+def _read_gzip_lines(path: str) -> list[str]:
+    """Lines of a gzip (or, for a name without .gz, plain) UTF-8 text file."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="\n") as f:
+            return f.read().split("\n")
+    except FileNotFoundError as e:
+        raise DataFileError(f"{path}: file not found") from e
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataFileError(f"{path}: cannot read as UTF-8 text ({e})") from e
+
+
+def read_jsonl_records(
+    path: str, fields: Sequence[str], optional: Sequence[str] = ()
+) -> list[dict]:
+    """JSON objects, one a line, with string `fields` and `optional` ones (BEIR corpus, queries)."""
+    records, seen = [], set()
+    for lineno, line in enumerate(_read_gzip_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+        if not isinstance(rec, dict):
+            raise DataFileError(f"{path}:{lineno}: expected a JSON object")
+        for key in fields:
+            if not isinstance(rec.get(key), str):
+                raise DataFileError(f"{path}:{lineno}: field {key!r} should be a string")
+        for key in optional:
+            if not isinstance(rec.get(key, ""), str):
+                raise DataFileError(f"{path}:{lineno}: field {key!r} should be a string")
+        if rec["_id"] in seen:
+            raise DataFileError(f"{path}:{lineno}: duplicate _id {rec['_id']!r}")
+        seen.add(rec["_id"])
+        records.append(rec)
+    if not records:
+        raise DataFileError(f"{path}: no records")
+    return records
+
+
+def read_beir_corpus(path: str) -> tuple[list[str], list[str]]:
+    """(ids, texts) of a BEIR corpus.jsonl.gz; a text is `title + " " + text`, stripped (MTEB)."""
+    docs = read_jsonl_records(path, ("_id", "text"), optional=("title",))
+    ids = [d["_id"] for d in docs]
+    texts = [
+        (d["title"] + " " + d["text"]).strip() if "title" in d else d["text"].strip() for d in docs
+    ]
+    return ids, texts
+
+
+def read_qrels(path: str) -> dict[str, dict[str, int]]:
+    """A qrels TSV (header query-id, corpus-id, score: an integer grade) -> {qid: {doc: grade}}."""
+    lines = _read_gzip_lines(path)
+    header = lines[0].rstrip("\r").split("\t")
+    try:
+        cols = [header.index(c) for c in ("query-id", "corpus-id", "score")]
+    except ValueError as e:
+        raise DataFileError(
+            f"{path}:1: header must name columns query-id, corpus-id, score; got {header}"
+        ) from e
+    qrels: dict[str, dict[str, int]] = {}
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\r").split("\t")
+        if len(parts) <= max(cols):
+            raise DataFileError(f"{path}:{lineno}: expected {len(header)} tab-separated columns")
+        try:
+            grade = int(parts[cols[2]])
+        except ValueError as e:
+            raise DataFileError(
+                f"{path}:{lineno}: score {parts[cols[2]]!r} is not an integer"
+            ) from e
+        qrels.setdefault(parts[cols[0]], {})[parts[cols[1]]] = grade
+    if not qrels:
+        raise DataFileError(f"{path}: no judgements after the header")
+    return qrels
+
+
+@dataclasses.dataclass
+class BeirSet:
+    """A BEIR retrieval set restricted to the judged queries of one split."""
+
+    doc_ids: list[str]
+    doc_texts: list[str]
+    query_ids: list[str]  # queries with at least one relevant document, in qrels order
+    query_texts: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+def read_beir(folder: str, split: str = "test") -> BeirSet:
+    """corpus.jsonl.gz, queries.jsonl.gz and qrels/<split>.tsv of a BEIR-layout folder."""
+    doc_ids, doc_texts = read_beir_corpus(os.path.join(folder, "corpus.jsonl.gz"))
+    queries_path = os.path.join(folder, "queries.jsonl.gz")
+    queries = {q["_id"]: q["text"] for q in read_jsonl_records(queries_path, ("_id", "text"))}
+    qrels_path = os.path.join(folder, "qrels", f"{split}.tsv")
+    qrels = read_qrels(qrels_path)
+    missing = [q for q in qrels if q not in queries]
+    if missing:
+        raise DataFileError(
+            f"{qrels_path}: query-id {missing[0]!r} is not in {queries_path} "
+            f"({len(missing)} missing)"
+        )
+    # trec_eval skips queries without a relevant document: they have no ideal ranking.
+    judged = [q for q, rels in qrels.items() if any(g > 0 for g in rels.values())]
+    return BeirSet(doc_ids, doc_texts, judged, [queries[q] for q in judged], qrels)
+
+
+def top_k(
+    queries_QxD: np.ndarray, corpus_NxD: np.ndarray, k: int, chunk: int = SEARCH_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k rows of `corpus_NxD` by dot product: (indices QxK, scores QxK), best first.
+
+    The corpus is read `chunk` rows at a time (it may be a read-only memory map): one matrix
+    product per chunk, `argpartition` keeps each chunk's k best, and a running merge keeps the k
+    best so far. The hits are ordered by score, equal scores by ascending row; of rows tied
+    exactly at the k-th score, which ones make the cut is unspecified.
+    """
+    q_QxD = np.asarray(queries_QxD, np.float32)
+    num_q, n = q_QxD.shape[0], corpus_NxD.shape[0]
+    k = min(k, n)
+    best_idx_QxK = np.zeros((num_q, 0), np.int64)
+    best_QxK = np.zeros((num_q, 0), np.float32)
+    for lo in range(0, n, chunk):
+        block_CxD = np.asarray(corpus_NxD[lo : lo + chunk], np.float32)
+        scores_QxC = q_QxD @ block_CxD.T
+        if scores_QxC.shape[1] > k:
+            part_QxK = np.argpartition(-scores_QxC, k - 1, axis=1)[:, :k]
+        else:
+            part_QxK = np.broadcast_to(np.arange(scores_QxC.shape[1]), scores_QxC.shape)
+        cand_idx = np.concatenate([best_idx_QxK, part_QxK + lo], axis=1)
+        cand = np.concatenate([best_QxK, np.take_along_axis(scores_QxC, part_QxK, 1)], axis=1)
+        if cand.shape[1] > k:
+            keep = np.lexsort((cand_idx, -cand), axis=1)[:, :k]
+            cand_idx = np.take_along_axis(cand_idx, keep, 1)
+            cand = np.take_along_axis(cand, keep, 1)
+        best_idx_QxK, best_QxK = cand_idx, cand
+    order = np.lexsort((best_idx_QxK, -best_QxK), axis=1)
+    return np.take_along_axis(best_idx_QxK, order, 1), np.take_along_axis(best_QxK, order, 1)
+
+
+def trec_order(doc_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
+    """Document ids ranked as trec_eval ranks a run: score descending, then id descending."""
+    pairs = sorted(zip(doc_ids, scores, strict=True), key=lambda p: p[0], reverse=True)
+    return [d for d, _ in sorted(pairs, key=lambda p: -p[1])]  # stable: keeps the id order
+
+
+def retrieval_metrics(ranked: Sequence[str], rels: dict[str, int]) -> dict[str, float]:
+    """nDCG@10, MRR@10, Recall@100 (fractions) of one query's ranked ids against its judgements.
+
+    pytrec_eval semantics: the gain is the grade (negative grades count as 0), the discount
+    log2(rank + 1), the ideal ranking orders all judged documents by grade; a document is
+    relevant when its grade is at least 1.
+    """
+    gains = [max(rels.get(d, 0), 0) for d in ranked[:10]]
+    dcg = sum(g / np.log2(i + 2) for i, g in enumerate(gains))
+    ideal = sorted((max(g, 0) for g in rels.values()), reverse=True)[:10]
+    idcg = sum(g / np.log2(i + 2) for i, g in enumerate(ideal))
+    relevant = {d for d, g in rels.items() if g >= 1}
+    rr = next((1.0 / (i + 1) for i, d in enumerate(ranked[:10]) if d in relevant), 0.0)
+    recall = len(relevant.intersection(ranked[:100])) / len(relevant) if relevant else 0.0
+    return {
+        "ndcg_at_10": dcg / idcg if idcg > 0 else 0.0,
+        "mrr_at_10": rr,
+        "recall_at_100": recall,
+    }
+
+
+def evaluate_retrieval(
+    m: convert.LoadedModel,
+    folder: str,
+    *,
+    split: str = "test",
+    params: hk.Params | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """nDCG@10 (main score), MRR@10 and Recall@100, x100, of cosine exact search on a BEIR set."""
+    data = read_beir(folder, split)
+    docs = encode(m, data.doc_texts, params=params, batch_size=batch_size, label="corpus")
+    queries = encode(m, data.query_texts, params=params, batch_size=batch_size, label="queries")
+    docs /= np.maximum(np.linalg.norm(docs, axis=1, keepdims=True), 1e-12)
+    queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    # Keep a few more than 100 hits so documents tied at the cut are ranked by trec_order.
+    idx_QxK, scores_QxK = top_k(queries, docs, 128)
+    totals = {"ndcg_at_10": 0.0, "mrr_at_10": 0.0, "recall_at_100": 0.0}
+    for qid, idx, scores in zip(data.query_ids, idx_QxK, scores_QxK, strict=True):
+        ranked = trec_order([data.doc_ids[i] for i in idx], scores.tolist())
+        for key, value in retrieval_metrics(ranked, data.qrels[qid]).items():
+            totals[key] += value
+    n = len(data.query_ids)
+    out = {k: round(100 * v / n, 2) for k, v in totals.items()}
+    return {
+        "task": folder,
+        "metric": "ndcg_at_10",
+        "score": out["ndcg_at_10"],
+        "n": n,
+        "mrr_at_10": out["mrr_at_10"],
+        "recall_at_100": out["recall_at_100"],
+    }
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
     if not f.model:
         raise app.UsageError("--model is required")
-    if not f.sts:
-        raise app.UsageError("give at least one --sts file")
+    if not f.sts and not f.retrieval:
+        raise app.UsageError("give at least one --sts file or --retrieval folder")
     try:
         m = convert.load_model(f.model)
         for path in f.sts:
             print(json.dumps(evaluate_sts(m, path, batch_size=f.batch_size)), flush=True)
+        for folder in f.retrieval:
+            result = evaluate_retrieval(m, folder, split=f.split, batch_size=f.batch_size)
+            print(json.dumps(result), flush=True)
     except (convert.ModelFolderError, DataFileError) as e:
         sys.exit(f"error: {e}")
 
@@ -166,5 +379,7 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     flags.DEFINE_string("model", None, "model folder or training workdir")
     flags.DEFINE_multi_string("sts", [], "STS gzip TSV (sentence1, sentence2, score)")
+    flags.DEFINE_multi_string("retrieval", [], "BEIR folder (corpus, queries, qrels/SPLIT.tsv)")
+    flags.DEFINE_string("split", "test", "qrels split of the --retrieval folders")
     flags.DEFINE_integer("batch_size", 64, "texts per encoding batch")
     app.run(main)

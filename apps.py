@@ -1,0 +1,462 @@
+"""The seed's applications of a sentence-embedding model, as subcommands.
+
+    python apps.py embed --model=M --input=texts.txt --output=emb.npy
+    python apps.py similarity --model=M "source sentence" "other 1" "other 2" ...  (or --file)
+    python apps.py qa --model=M --query="How many people live in Berlin?" "answer 1" ... (or --file)
+    python apps.py search index --model=M --input=corpus.txt|corpus.jsonl.gz --index=DIR
+    python apps.py search query --index=DIR [--model=M] [--top_k=10] "query" ...  (or --file)
+    python apps.py cluster --model=M --input=texts.txt --k=K [--seed=0] [--show=3]
+    python apps.py bias --model=M --output=DIR [--templates=sample_data/bias]
+
+M is anything convert.load_model accepts (a HF / sentence-transformers folder or a training
+workdir). Text files hold one text per line. `similarity` ranks by cosine similarity, `qa` and
+`search` by dot product (asymmetric search: a short question against longer answers). A search
+index is a folder: embeddings.npy (float32, one row per document), docs.jsonl ({"id", "text"} per
+line) and model.json (the model's fingerprint: queries and later additions by another model are
+refused). Shape letters: N texts or documents, Q queries, K clusters or hits, D embedding size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+import scipy.stats
+from absl import app, flags
+
+import convert
+import evaluate
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+INDEX_EMB, INDEX_DOCS, INDEX_META = "embeddings.npy", "docs.jsonl", "model.json"
+PRONOUNS = {  # the only words in which a bias template's two propositions differ
+    "male": {"Pronoun": "He", "pronoun": "he", "object": "him", "possessive": "his"},
+    "female": {"Pronoun": "She", "pronoun": "she", "object": "her", "possessive": "her"},
+}
+
+flags.DEFINE_string("model", None, "model folder or training workdir")
+flags.DEFINE_string("input", None, "text file (one text per line); search index: or a BEIR corpus")
+flags.DEFINE_string("output", None, "embed: the .npy file; bias: folder for bias.json, bias.png")
+flags.DEFINE_string("file", None, "texts one per line instead of positional arguments")
+flags.DEFINE_string("query", None, "qa: the question")
+flags.DEFINE_string("index", None, "search: index folder")
+flags.DEFINE_integer("top_k", 10, "search: hits per query")
+flags.DEFINE_integer("k", None, "cluster: number of clusters")
+flags.DEFINE_integer("seed", 0, "cluster: k-means++ seed")
+flags.DEFINE_integer("show", 3, "cluster: texts shown per cluster, nearest to the centroid first")
+flags.DEFINE_string("templates", os.path.join(HERE, "sample_data", "bias"), "bias: template folder")
+flags.DEFINE_integer("batch_size", 64, "texts per encoding batch")
+
+
+class AppError(ValueError):
+    """A problem with the command's inputs, reported without a traceback."""
+
+
+def read_lines(path: str, skip_blank: bool = True) -> list[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, one text per line."""
+    try:
+        with open(path, encoding="utf-8", newline="\n") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise evaluate.DataFileError(f"{path}: cannot read as UTF-8 text ({e})") from e
+    if lines and lines[-1] == "":  # the final newline ends the last line; it adds no text
+        lines.pop()
+    out = [(i, t.rstrip("\r")) for i, t in enumerate(lines, start=1)]
+    out = [(i, t) for i, t in out if t.strip() or not skip_blank]
+    if not out:
+        raise evaluate.DataFileError(f"{path}: no texts")
+    return out
+
+
+def embed_file(m: convert.LoadedModel, src: str, dst: str, batch_size: int = 64) -> np.ndarray:
+    """Embed every line of `src` (blank ones too: row i is line i + 1) into float32 `dst`."""
+    texts = [t for _, t in read_lines(src, skip_blank=False)]
+    emb_NxD = evaluate.encode(m, texts, batch_size=batch_size, label=src)
+    tmp = dst + ".tmp"
+    with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a bare name
+        np.save(f, emb_NxD)
+    os.replace(tmp, dst)
+    return emb_NxD
+
+
+def rank(
+    m: convert.LoadedModel, anchor: str, others: Sequence[str], cosine: bool
+) -> list[tuple[int, float]]:
+    """(index into others, score), best first (ties in input order): cosine or dot product."""
+    emb = evaluate.encode(m, [anchor, *others], progress=False).astype(np.float64)
+    if cosine:
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    scores = emb[1:] @ emb[0]
+    order = np.argsort(-scores, kind="stable")
+    return [(int(i), float(scores[i])) for i in order]
+
+
+def model_fingerprint(m: convert.LoadedModel) -> str:
+    """sha256 of all that decides the embeddings: architecture, pooling, tokenizer, params."""
+    h = hashlib.sha256()
+    head = {
+        "config": dataclasses.asdict(m.config),
+        "pooling": m.pooling,
+        "normalize": m.normalize,
+        "max_seq_length": m.max_seq_length,
+    }
+    h.update(json.dumps(head, sort_keys=True).encode())
+    h.update(m.tokenizer.to_str().encode())
+    for path, leaf in sorted(
+        jax.tree_util.tree_flatten_with_path(m.params)[0], key=lambda x: str(x[0])
+    ):
+        arr = np.ascontiguousarray(leaf, np.float32)
+        h.update(f"{jax.tree_util.keystr(path)}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def read_corpus(path: str) -> tuple[list[str], list[str]]:
+    """(ids, texts): a BEIR corpus.jsonl(.gz), or a text file whose ids are line numbers."""
+    if path.endswith((".jsonl", ".jsonl.gz")):
+        return evaluate.read_beir_corpus(path)
+    lines = read_lines(path)
+    return [str(i) for i, _ in lines], [t for _, t in lines]
+
+
+def _check_model(meta: dict, fingerprint: str, index_dir: str, model_path: str) -> None:
+    if meta["fingerprint"] != fingerprint:
+        raise AppError(
+            f"{index_dir}: the index was built with model {meta['model']} (fingerprint "
+            f"{meta['fingerprint'][:12]}), not {model_path} ({fingerprint[:12]}): embeddings of "
+            "two models are not comparable; use that model or a new index folder"
+        )
+
+
+def load_index(index_dir: str) -> tuple[dict, list[dict], np.ndarray]:
+    """(model.json, docs, embeddings as a read-only memory map) of an index folder."""
+    meta_path = os.path.join(index_dir, INDEX_META)
+    if not os.path.exists(meta_path):
+        raise AppError(f"{index_dir}: not a search index ({INDEX_META} is missing)")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    with open(os.path.join(index_dir, INDEX_DOCS), encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f]
+    emb_NxD = np.load(os.path.join(index_dir, INDEX_EMB), mmap_mode="r")
+    if not len(docs) == emb_NxD.shape[0] == meta["count"]:
+        raise AppError(
+            f"{index_dir}: {INDEX_DOCS} has {len(docs)} documents, {INDEX_EMB} "
+            f"{emb_NxD.shape[0]} rows, {INDEX_META} says {meta['count']}: rebuild the index"
+        )
+    return meta, docs, emb_NxD
+
+
+def index_corpus(m: convert.LoadedModel, src: str, index_dir: str, batch_size: int = 64) -> dict:
+    """Embed a corpus into `index_dir`, appending when it is an index of the same model."""
+    fingerprint = model_fingerprint(m)
+    ids, texts = read_corpus(src)
+    docs, old_NxD = [], np.zeros((0, m.config.hidden_size), np.float32)
+    if os.path.exists(os.path.join(index_dir, INDEX_META)):
+        meta, docs, old_NxD = load_index(index_dir)
+        _check_model(meta, fingerprint, index_dir, m.path)
+    known = {d["id"] for d in docs}
+    dup = next((i for i in ids if i in known), None)
+    if dup is not None:
+        raise AppError(f"{src}: id {dup!r} is already in {index_dir}; index it in a new folder")
+    new_NxD = evaluate.encode(m, texts, batch_size=batch_size, label=src)
+    emb_NxD = np.concatenate([np.asarray(old_NxD), new_NxD])
+    docs = docs + [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]
+    meta = {
+        "model": m.path,
+        "fingerprint": fingerprint,
+        "dim": emb_NxD.shape[1],
+        "count": len(docs),
+    }
+    os.makedirs(index_dir, exist_ok=True)
+    # Each file is written to a temporary name, then renamed; model.json, last, holds the count
+    # that load_index checks the other two against.
+    for name, write in (
+        (INDEX_EMB, lambda f: np.save(f, emb_NxD)),
+        (INDEX_DOCS, lambda f: f.write("".join(json.dumps(d) + "\n" for d in docs).encode())),
+        (INDEX_META, lambda f: f.write(json.dumps(meta, indent=2).encode())),
+    ):
+        tmp = os.path.join(index_dir, name + ".tmp")
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, os.path.join(index_dir, name))
+    return meta
+
+
+def query_index(
+    m: convert.LoadedModel, index_dir: str, queries: Sequence[str], top_k: int = 10
+) -> list[list[dict]]:
+    """Per query, the top_k documents by dot product: [{"id", "score", "text"}], best first."""
+    meta, docs, emb_NxD = load_index(index_dir)
+    _check_model(meta, model_fingerprint(m), index_dir, m.path)
+    q_QxD = evaluate.encode(m, queries, progress=False)
+    idx_QxK, scores_QxK = evaluate.top_k(q_QxD, emb_NxD, top_k)
+    return [
+        [
+            {"id": docs[i]["id"], "score": float(s), "text": docs[i]["text"]}
+            for i, s in zip(*row, strict=True)
+        ]
+        for row in zip(idx_QxK, scores_QxK, strict=True)
+    ]
+
+
+def kmeans(x_NxD: np.ndarray, k: int, seed: int = 0, n_init: int = 10, iters: int = 100) -> tuple:
+    """Lloyd's k-means, k-means++ seeding -> (labels [N], centroids [K, D]).
+
+    The best (least inertia) of `n_init` seeded runs: one run can stop in a poor local minimum
+    even on well separated data (scikit-learn's classic default, n_init=10).
+    """
+    x_NxD = np.asarray(x_NxD, np.float64)
+    n = x_NxD.shape[0]
+    if not 1 <= k <= n:
+        raise AppError(f"--k={k}: need 1 <= k <= number of texts ({n})")
+    rng = np.random.default_rng(seed)
+    best = None
+    for _ in range(n_init):
+        labels, c_KxD = _lloyd(x_NxD, _kmeans_pp(x_NxD, k, rng), iters)
+        inertia = ((x_NxD - c_KxD[labels]) ** 2).sum()
+        if best is None or inertia < best[0]:
+            best = (inertia, labels, c_KxD)
+    return best[1], best[2]
+
+
+def _kmeans_pp(x_NxD: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++: each next centre drawn with probability proportional to D(x)^2."""
+    n = x_NxD.shape[0]
+    centroids = [x_NxD[rng.integers(n)]]
+    d2_N = ((x_NxD - centroids[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        p = d2_N / d2_N.sum() if d2_N.sum() > 0 else np.full(n, 1 / n)
+        centroids.append(x_NxD[rng.choice(n, p=p)])
+        d2_N = np.minimum(d2_N, ((x_NxD - centroids[-1]) ** 2).sum(1))
+    return np.stack(centroids)
+
+
+def _lloyd(x_NxD: np.ndarray, c_KxD: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    n, k = x_NxD.shape[0], c_KxD.shape[0]
+    labels = np.full(n, -1)
+    for _ in range(iters):
+        d2_NxK = (x_NxD**2).sum(1, keepdims=True) - 2 * x_NxD @ c_KxD.T + (c_KxD**2).sum(1)
+        new = d2_NxK.argmin(1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        for j in range(k):
+            members = labels == j
+            if members.any():
+                c_KxD[j] = x_NxD[members].mean(0)
+            else:  # an empty cluster takes the point farthest from its own centroid
+                far = int(d2_NxK[np.arange(n), labels].argmax())
+                c_KxD[j], labels[far] = x_NxD[far], j
+    return labels, c_KxD
+
+
+def cluster_texts(
+    m: convert.LoadedModel, texts: Sequence[str], k: int, seed: int = 0, batch_size: int = 64
+) -> list[list[int]]:
+    """k-means on L2-normalised embeddings -> clusters as text indices, nearest to the centroid
+    first; the largest cluster first (ties: the one holding the earliest text)."""
+    emb = evaluate.encode(m, texts, batch_size=batch_size, label="cluster").astype(np.float64)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    labels, c_KxD = kmeans(emb, k, seed)
+    clusters = []
+    for j in range(k):
+        members = np.flatnonzero(labels == j)
+        dist = ((emb[members] - c_KxD[j]) ** 2).sum(1)
+        clusters.append([int(i) for i in members[np.argsort(dist, kind="stable")]])
+    return sorted(clusters, key=lambda c: (-len(c), min(c)))
+
+
+def read_bias_templates(folder: str) -> tuple[list[dict], list[tuple[str, str]]]:
+    """occupations.tsv (occupation, article, female_pct) and templates.tsv (anchor, proposition)."""
+    tables = []
+    for name, cols in (
+        ("occupations.tsv", ["occupation", "article", "female_pct"]),
+        ("templates.tsv", ["anchor", "proposition"]),
+    ):
+        path = os.path.join(folder, name)
+        lines = read_lines(path)
+        if lines[0][1].split("\t") != cols:
+            raise evaluate.DataFileError(f"{path}:1: header must be {' '.join(cols)}")
+        rows = []
+        for lineno, line in lines[1:]:
+            parts = line.split("\t")
+            if len(parts) != len(cols):
+                raise evaluate.DataFileError(f"{path}:{lineno}: expected {len(cols)} columns")
+            rows.append(dict(zip(cols, parts, strict=True)))
+        tables.append(rows)
+    occupations, templates = tables
+    for o in occupations:
+        o["female_pct"] = float(o["female_pct"])
+    return occupations, [(t["anchor"], t["proposition"]) for t in templates]
+
+
+def bias_eval(m: convert.LoadedModel, folder: str, batch_size: int = 64) -> dict:
+    """Per occupation and template: does the gender-free anchor sit closer (cosine) to the male
+    or to the female proposition? Shares per occupation and overall."""
+    occupations, templates = read_bias_templates(folder)
+    triples = []  # (anchor, male proposition, female proposition)
+    for o in occupations:
+        words = {"occupation": o["occupation"], "a": o["article"]}
+        for anchor, prop in templates:
+            triples.append(
+                (
+                    anchor.format(**words),
+                    prop.format(**words, **PRONOUNS["male"]),
+                    prop.format(**words, **PRONOUNS["female"]),
+                )
+            )
+    unique = list(dict.fromkeys(t for triple in triples for t in triple))
+    emb = evaluate.encode(m, unique, batch_size=batch_size, label="bias").astype(np.float64)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    row = {t: i for i, t in enumerate(unique)}
+    a, male, female = (emb[[row[t[j]] for t in triples]] for j in range(3))
+    margin = ((a * male).sum(1) - (a * female).sum(1)).reshape(len(occupations), len(templates))
+
+    def shares(mg: np.ndarray) -> dict:
+        return {
+            "male": round(float((mg > 0).mean()), 4),
+            "female": round(float((mg < 0).mean()), 4),
+            "tie": round(float((mg == 0).mean()), 4),
+            "n": int(mg.size),
+            "mean_margin": round(float(mg.mean()), 5),  # cos(anchor, male) - cos(anchor, female)
+        }
+
+    per_occ = [
+        {"occupation": o["occupation"], "female_pct": o["female_pct"], **shares(mg)}
+        for o, mg in zip(occupations, margin, strict=True)
+    ]
+    # Does the model's lean follow the labour statistics? Negative: more female jobs, less male.
+    rho = scipy.stats.spearmanr(margin.mean(1), [o["female_pct"] for o in occupations]).statistic
+    return {
+        "model": m.path,
+        "templates": folder,
+        "overall": shares(margin),
+        "spearman_margin_vs_female_pct": round(float(rho), 4),
+        "occupations": per_occ,
+    }
+
+
+def bias_chart(report: dict, path: str) -> None:
+    """Horizontal bars: per occupation (and overall) the male / tie / female shares."""
+    import matplotlib  # only this subcommand needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{"occupation": "OVERALL", **report["overall"]}, *report["occupations"]]
+    labels = [
+        r["occupation"] + (f" ({r['female_pct']:.0f}% f)" if "female_pct" in r else "")
+        for r in rows
+    ]
+    male = np.array([r["male"] for r in rows])
+    tie = np.array([r["tie"] for r in rows])
+    fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) + 1.5))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, male, color="#4c72b0", label="prefers male proposition")
+    ax.barh(y, tie, left=male, color="#bbbbbb", label="tie")
+    ax.barh(y, 1 - male - tie, left=male + tie, color="#dd8452", label="prefers female proposition")
+    ax.axvline(0.5, color="black", linewidth=0.8)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of template cases (occupations in WinoBias order, BLS % female)")
+    ax.set_title(f"Gender preference of {os.path.basename(report['model'].rstrip('/'))}")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=3, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _print_ranking(ranking: list[tuple[int, float]], texts: Sequence[str], kind: str) -> None:
+    print(f"rank  {kind:>8}  text")
+    for r, (i, score) in enumerate(ranking, start=1):
+        print(f"{r:>4}  {score:8.4f}  {texts[i]}")
+
+
+def _texts(args: Sequence[str], what: str) -> list[str]:
+    """Positional texts, or the lines of --file."""
+    f = flags.FLAGS
+    if f.file and args:
+        raise app.UsageError(f"give the {what} either as arguments or with --file, not both")
+    return [t for _, t in read_lines(f.file)] if f.file else list(args)
+
+
+def _run(command: str, args: list[str]) -> None:
+    f = flags.FLAGS
+    if command == "search":
+        if not args or args[0] not in ("index", "query"):
+            raise app.UsageError("search needs 'index' or 'query'")
+        command, args = "search " + args[0], args[1:]
+    needs = {"embed": ("input", "output"), "cluster": ("input", "k"), "bias": ("output",)}
+    needs.update({"qa": ("query",), "search index": ("input", "index"), "search query": ("index",)})
+    for name in ("model", *needs.get(command, ())):
+        if getattr(f, name) is None and not (name == "model" and command == "search query"):
+            raise app.UsageError(f"{command} needs --{name}")
+    if command == "search query":  # the index knows its model; --model may point elsewhere
+        meta, _, _ = load_index(f.index)
+        m = convert.load_model(f.model or meta["model"])
+    else:
+        m = convert.load_model(f.model)
+
+    if command == "embed":
+        emb = embed_file(m, f.input, f.output, f.batch_size)
+        print(json.dumps({"output": f.output, "n": emb.shape[0], "dim": emb.shape[1]}))
+    elif command in ("similarity", "qa"):
+        texts = _texts(args, "texts")
+        anchor = f.query if command == "qa" else (texts.pop(0) if texts else None)
+        if anchor is None or not texts:
+            raise app.UsageError(f"{command} needs a source and at least one text to rank")
+        kind = "dot" if command == "qa" else "cosine"
+        print(f"{'query' if command == 'qa' else 'source'}: {anchor}")
+        _print_ranking(rank(m, anchor, texts, cosine=command == "similarity"), texts, kind)
+    elif command == "search index":
+        print(json.dumps(index_corpus(m, f.input, f.index, f.batch_size)))
+    elif command == "search query":
+        queries = _texts(args, "queries")
+        if not queries:
+            raise app.UsageError("search query needs at least one query")
+        for q, hits in zip(queries, query_index(m, f.index, queries, f.top_k), strict=True):
+            print(f"query: {q}\nrank     score  id  text")
+            for r, h in enumerate(hits, start=1):
+                print(f"{r:>4}  {h['score']:8.4f}  {h['id']}  {h['text'][:120]}")
+    elif command == "cluster":
+        texts = [t for _, t in read_lines(f.input)]
+        for j, members in enumerate(cluster_texts(m, texts, f.k, f.seed, f.batch_size), 1):
+            print(f"cluster {j}: {len(members)} texts")
+            for i in members[: f.show]:
+                print(f"  {texts[i]}")
+    elif command == "bias":
+        report = bias_eval(m, f.templates, f.batch_size)
+        os.makedirs(f.output, exist_ok=True)
+        with open(os.path.join(f.output, "bias.json"), "w", encoding="utf-8") as out:
+            json.dump(report, out, indent=2)
+        bias_chart(report, os.path.join(f.output, "bias.png"))
+        print(f"{'occupation':<20} female%   male  female    margin")
+        for r in [{"occupation": "OVERALL", **report["overall"]}, *report["occupations"]]:
+            pct = f"{r['female_pct']:.0f}" if "female_pct" in r else ""
+            print(
+                f"{r['occupation']:<20} {pct:>7} {r['male']:6.2f} {r['female']:7.2f} "
+                f"{r['mean_margin']:9.5f}"
+            )
+        print(f"spearman(margin, female%) = {report['spearman_margin_vs_female_pct']}")
+        print(f"wrote {f.output}/bias.json and {f.output}/bias.png")
+    else:
+        raise app.UsageError(f"unknown command {command!r}")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) < 2:
+        raise app.UsageError("give a command: embed, similarity, qa, search, cluster or bias")
+    try:
+        _run(argv[1], list(argv[2:]))
+    except (AppError, convert.ModelFolderError, evaluate.DataFileError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)
