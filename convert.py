@@ -127,6 +127,17 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> model_
         )
     else:
         pad = _field(hf, "pad_token_id", source, int, 1 if model_type != "bert" else 0)
+        # RoBERTa's position ids start after config.pad_token_id; transformers' MPNetEmbeddings
+        # fixes its padding_idx at 1 whatever config.json says, so MPNet's start at 2.
+        offset = {"bert": 0, "roberta": pad + 1, "mpnet": 2}[model_type]
+        # transformers' MPNetEncoder buckets relative positions into 32 (its default argument),
+        # whatever relative_attention_num_buckets says; that field only sizes the table.
+        if model_type == "mpnet" and hf.get("relative_attention_num_buckets", 32) != 32:
+            raise ModelFolderError(
+                f"{source}: field 'relative_attention_num_buckets' is "
+                f"{hf['relative_attention_num_buckets']!r}; only 32 (transformers' MPNet always "
+                "uses 32 buckets)"
+            )
         cfg = model_lib.EncoderConfig(
             model_type=model_type,
             vocab_size=_field(hf, "vocab_size", source),
@@ -140,7 +151,7 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> model_
             dropout_rate=_field(hf, "hidden_dropout_prob", source, float, 0.1),
             attention_dropout_rate=_field(hf, "attention_probs_dropout_prob", source, float, 0.1),
             pad_token_id=pad,
-            position_offset=0 if model_type == "bert" else pad + 1,
+            position_offset=offset,
             relative_attention_num_buckets=(
                 _field(hf, "relative_attention_num_buckets", source, int, 32)
                 if model_type == "mpnet"
@@ -317,7 +328,9 @@ def load_model(path: str) -> LoadedModel:
 
     st_path = os.path.join(folder, "sentence_bert_config.json")
     st_cfg = _read_json(st_path) if os.path.exists(st_path) else {}
-    max_len = st_cfg.get("max_seq_length") or min(512, cfg.max_position_embeddings)
+    max_len = st_cfg.get("max_seq_length") or min(
+        512, cfg.max_position_embeddings - cfg.position_offset
+    )
     if not isinstance(max_len, int) or max_len <= 0:
         raise ModelFolderError(f"{st_path}: field 'max_seq_length' should be a positive int")
     if max_len + cfg.position_offset > cfg.max_position_embeddings:
