@@ -160,3 +160,17 @@ def test_cli_prints_the_retrieval_json_line(tiny_beir):
         "mrr_at_10": 50.0,
         "recall_at_100": 100.0,
     }
+
+
+def test_scifact_training_pairs_hold_no_test_claim(tmp_path):
+    from configs import scifact
+
+    out = str(tmp_path / "pairs.jsonl.gz")
+    assert scifact.write_pairs(out=out) == 917
+    with open(out, "rb") as f, open(scifact.PAIRS, "rb") as shipped:
+        assert f.read() == shipped.read()  # the shipped file is what the code writes
+    data = evaluate.read_beir(scifact.SCIFACT)  # the test split
+    with gzip.open(out, "rt", encoding="utf-8") as f:
+        pairs = [json.loads(line) for line in f]
+    assert not {a for a, _ in pairs} & set(data.query_texts)
+    assert {p for _, p in pairs} <= set(data.doc_texts)
