@@ -6,12 +6,13 @@ Run once, in a separate virtualenv that has torch (never a dependency of this pr
         sentence-transformers==6.2.0
     /tmp/ref/bin/python tests/make_family_fixtures.py
 
-For each family it trains a small tokenizer (WordPiece, or byte-level BPE for RoBERTa) on the
-sentences below, wraps it in the family's transformers tokenizer class, builds a 2-layer, hidden-32
-model of the family with transformers, gives every parameter random non-trivial values (LayerNorm
-scales and all biases included), and saves it with transformers' save_pretrained plus the
-sentence-transformers files of the published models (mean pooling, no Normalize, max_seq_length 64)
-as tests/fixtures/tiny_<family>/. Next to the model it writes reference.npz:
+For each family it makes a small tokenizer from the sentences below (a WordPiece vocabulary, or a
+byte-level BPE trained by tokenizers for RoBERTa), wraps it in the family's transformers tokenizer
+class, builds a 2-layer, hidden-32 model of the family with transformers, gives every parameter
+random non-trivial values (LayerNorm scales and all biases included), and saves it with
+transformers' save_pretrained plus the sentence-transformers files of the published models (mean
+pooling, no Normalize, max_seq_length 64) as tests/fixtures/tiny_<family>/. Next to the model it
+writes reference.npz:
 
     texts              the input texts (one empty, one truncated at max_seq_length)
     input_ids, attention_mask   the padded batch transformers' own tokenizer made of them
@@ -22,6 +23,7 @@ as tests/fixtures/tiny_<family>/. Next to the model it writes reference.npz:
 tests/families_test.py compares our encoder, tokenizer path and import/export against these.
 """
 
+import collections
 import json
 import os
 import shutil
@@ -90,13 +92,21 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermed
 
 
 def wordpiece_vocab(special: list[str]) -> dict[str, int]:
-    tok = tokenizers.Tokenizer(tokenizers.models.WordPiece(unk_token=special[1]))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(
-        CORPUS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=special)
+    # Built by hand rather than with tokenizers' WordPieceTrainer, which breaks frequency ties in
+    # hash order: every character of the corpus (word-initial and "##" continuation) and then its
+    # most frequent words, so that the script reproduces the committed fixtures exactly.
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = collections.Counter(
+        word
+        for text in CORPUS
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
     )
-    return tok.get_vocab()
+    chars = sorted({c for word in counts for c in word})
+    pieces = chars + ["##" + c for c in chars]
+    words = [w for w in sorted(counts, key=lambda w: (-counts[w], w)) if w not in pieces]
+    tokens = special + pieces + words[: 200 - len(special) - len(pieces)]
+    return {token: i for i, token in enumerate(tokens)}
 
 
 def bpe_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
