@@ -4,18 +4,23 @@
 
 config -> mesh -> state -> jitted, shard_mapped train step -> loop (log, evaluate, checkpoint)
 -> export. Running the same command again resumes from DIR's latest checkpoint. Every
-hyper-parameter is a config field (configs/base.py); flags only pick the config and the workdir.
+hyper-parameter is a config field (configs/base.py); flags only pick the config and the workdir,
+and, for a multi-host run (the same command in every process), the process topology:
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I, or --distributed where JAX
+finds them itself (Cloud TPU, Slurm, Open MPI). See README_multihost.md.
 Shape letters: B rows (examples) of the global batch, C columns (anchor, positive, negatives),
 L tokens, D embedding width.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -27,6 +32,7 @@ import numpy as np
 import optax
 import safetensors.numpy
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
@@ -36,6 +42,7 @@ import data as data_lib
 import evaluate
 import loss as loss_lib
 import model as model_lib
+import packing
 
 AXIS = "data"
 # Fault injection for tests: SIGKILL this process right after this step (0 = never).
@@ -195,29 +202,32 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def make_train_step(
     config: ml_collections.ConfigDict, m: convert.LoadedModel, mesh: jax.sharding.Mesh, optimizer
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """One jitted step: embed, loss inside shard_map (negatives gathered), AdamW update."""
-    embed = m.embed_fn()
+    """One jitted step: embed, loss inside shard_map (negatives gathered), AdamW update.
+
+    The batch holds rows of tokens (packed or one text per row, see packing.py) and, for every
+    example b and column c, the row and segment where its text was placed.
+    """
+    num_segments = config.data.max_segments if config.data.packing else 1
+    embed = m.embed_fn(num_segments)
     lc, dtype = config.loss, config.model.dtype
 
-    def embed_fn(params, batch, rng):
-        ids_BxCxL, mask_BxCxL = batch["ids_BxCxL"], batch["mask_BxCxL"]
-        b, c, length = ids_BxCxL.shape
-        emb = embed.apply(
+    def embed_fn(params, rows, rng):
+        return embed.apply(
             model_lib.cast_params(params, dtype),
             rng,
-            ids_BxCxL.reshape(b * c, length),
-            mask_BxCxL.reshape(b * c, length),
+            rows["ids_GRxL"],
+            rows["segments_GRxL"],
             True,
-        )
-        return emb[:, 0].reshape(b, c, -1)
+        )  # emb_RxSxD: one vector per segment of each local row
 
-    def loss_fn(valid_BxC, emb_BxCxD):
+    def loss_fn(batch, emb_RxSxD):
+        emb_BxCxD = emb_RxSxD[batch["row_BxC"], batch["slot_BxC"]]
         negatives = emb_BxCxD[:, 2:] if emb_BxCxD.shape[1] > 2 else None
         return loss_lib.mnrl_loss(
             emb_BxCxD[:, 0],
             emb_BxCxD[:, 1],
             negatives,
-            valid_BxC[:, 2:] if negatives is not None else None,
+            batch["valid_BxC"][:, 2:] if negatives is not None else None,
             scale=lc.scale,
             similarity=lc.similarity,
             symmetric=lc.symmetric,
@@ -228,12 +238,12 @@ def make_train_step(
     def sharded_grads(params, rng, step, batch):
         # Dropout keys differ per step and per device.
         rng = jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index(AXIS))
-        inputs = {"ids_BxCxL": batch["ids_BxCxL"], "mask_BxCxL": batch["mask_BxCxL"]}
+        rows = {"ids_GRxL": batch["ids_GRxL"], "segments_GRxL": batch["segments_GRxL"]}
         (loss, metrics), grads = loss_lib.embedding_value_and_grad(
             embed_fn,
-            lambda emb: loss_fn(batch["valid_BxC"], emb),
+            lambda emb: loss_fn(batch, emb),
             params,
-            inputs,
+            rows,
             rng,
             cache_chunk_size=lc.cache_chunk_size or None,
             axis_name=AXIS,
@@ -255,6 +265,38 @@ def make_train_step(
         return TrainState(params, opt_state, state.rng, state.step + 1), metrics
 
     return jax.jit(step_fn, donate_argnums=(0,))
+
+
+def make_featurizer(
+    config: ml_collections.ConfigDict, m: convert.LoadedModel, mesh: jax.sharding.Mesh
+) -> Callable[[list], dict[str, np.ndarray]]:
+    """Global batch of examples -> this process's arrays (packed rows, see packing.py).
+
+    Every process packs the whole global batch (cheap next to a step), so all processes agree
+    on the packed shapes without talking, then keeps its own devices' part.
+    """
+    mesh_devices = list(mesh.devices.flat)
+    local = [i for i, d in enumerate(mesh_devices) if d.process_index == jax.process_index()]
+    if local != list(range(local[0], local[0] + len(local))):
+        raise RuntimeError(f"this process's devices are not contiguous in the mesh: {local}")
+    pad, chunk = m.pad_id, config.loss.cache_chunk_size
+
+    def featurize(examples):
+        arrays = packing.featurize(
+            examples,
+            m.tokenizer,
+            num_devices=len(mesh_devices),
+            max_seq_len=config.data.max_seq_len,
+            max_negatives=config.data.max_negatives,
+            pad_id=pad,
+            pack=config.data.packing,
+            max_segments=config.data.max_segments,
+            bucket_lengths=tuple(config.data.bucket_lengths),
+            size_multiple=chunk or 8,
+        )
+        return packing.device_slice(arrays, len(mesh_devices), local[0], len(local))
+
+    return featurize
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -365,6 +407,8 @@ class MetricsLog:
 
 
 def run_evaluation(config, m, params, step: int, log: MetricsLog) -> list[dict]:
+    if jax.process_index() != 0:
+        return []  # process 0 evaluates (params are replicated); the others go on
     results = []
     host_params = jax.device_get(params)
     for path in config.eval.sts_files:
@@ -372,6 +416,119 @@ def run_evaluation(config, m, params, step: int, log: MetricsLog) -> list[dict]:
         results.append(r)
         log.write({"step": step, "eval": r})
     return results
+
+
+# ----------------------------------------------------------------------------- multi-host
+
+
+def init_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+    init_timeout_s: int = 300,
+) -> bool:
+    """Joins JAX's distributed runtime when asked (before any JAX computation); True if it did.
+
+    Arguments (flags) win over JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID;
+    `auto` lets JAX detect what is missing from the cluster (Cloud TPU, Slurm, Open MPI).
+    Afterwards JAX's heartbeat ends every process about 100 s after one dies; the config's
+    `step_timeout_s` (StepWatchdog) ends a waiting process sooner and says why.
+    """
+    env = os.environ
+    address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    if not auto and address is None and num_processes is None and process_id is None:
+        return False  # a single-process run
+    # CPU processes run their collectives over TCP with gloo (GPUs use NCCL, TPUs ICI/DCN).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        address, num_processes, process_id, initialization_timeout=init_timeout_s
+    )
+    return True
+
+
+class StepWatchdog:
+    """Ends the process when a dispatched train step has not finished within `timeout_s`.
+
+    A process whose peer died or hangs waits in the step's collectives, possibly forever; this
+    names the step and exits with EXIT_CODE (EX_TEMPFAIL: run every process again, they resume
+    from the latest checkpoint). A step's clock starts at its dispatch or at its predecessor's
+    end, whichever is later, so time spent by this process on data, checkpoints or evaluation
+    does not count, but a peer's does. The first step after a (re)start is not timed: it waits
+    for every process to compile. A thread polls `is_ready()`, so dispatch still runs ahead.
+    """
+
+    EXIT_CODE = 75
+
+    def __init__(self, timeout_s: float, workdir: str):
+        self.timeout_s, self.workdir = timeout_s, workdir
+        self._pending: collections.deque = collections.deque()  # (step, output) not done yet
+        self._done: int | None = None  # the last step seen finished
+        self._since = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="step-watchdog", daemon=True)
+
+    def __enter__(self) -> StepWatchdog:
+        if self.timeout_s > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def dispatched(self, step: int, output: jax.Array) -> None:
+        """Step `step` was dispatched; `output` (not donated later) is ready when it is done."""
+        if self.timeout_s > 0:
+            with self._lock:
+                if not self._pending:
+                    self._since = time.monotonic()
+                self._pending.append((step, output))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout_s / 4)):
+            now = time.monotonic()
+            with self._lock:
+                while self._pending and self._pending[0][1].is_ready():
+                    self._done, _ = self._pending.popleft()
+                    self._since = now
+                late = self._done is not None and self._pending
+                if not late or now - self._since < self.timeout_s:
+                    continue
+                step = self._pending[0][0]
+            sys.stdout.flush()
+            print(
+                f"error: step timeout: step {step} has not finished after {self.timeout_s:g} s "
+                f"(config step_timeout_s; last finished step {self._done}) in process "
+                f"{jax.process_index()} of {jax.process_count()}. Another process probably died "
+                "or hangs. Exiting; run every process again to resume from the latest "
+                f"checkpoint in {self.workdir}.",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(self.EXIT_CODE)  # sys.exit would wait for the stuck step and the peers
+
+
+def replicate(tree: Any, sharding: NamedSharding) -> Any:
+    """Host or single-device values -> arrays replicated over the mesh of every process.
+
+    device_put takes no single-device array as the source of a multi-process array, so every
+    leaf goes through host memory (PRNG keys as their raw data). All processes must call it.
+    """
+
+    def put(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = put(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree.map(put, tree)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -403,29 +560,23 @@ def train(
     if restored is not None:
         fresh, loader_state = restored
         print(f"resuming from step {int(fresh.step)} in {workdir}", flush=True)
-    state = jax.device_put(fresh, replicated)
+    state = replicate(fresh, replicated)
     start_step = int(fresh.step)
+    if jax.process_count() > 1:  # every process reads the checkpoint itself
+        multihost_utils.assert_equal(
+            start_step,
+            f"processes would resume from different steps: {workdir} must be shared storage",
+        )
 
+    # Every process composes the whole global batch (see make_featurizer).
     loader = data_lib.MixtureLoader.from_config(
         config.data,
         batch_size=config.batch_size,
         seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
         workdir=workdir,
         state=loader_state,
     )
-    pad = m.pad_id
-
-    def featurize(examples):
-        return data_lib.tokenize(
-            examples,
-            m.tokenizer,
-            max_seq_len=config.data.max_seq_len,
-            max_negatives=config.data.max_negatives,
-            bucket_lengths=tuple(config.data.bucket_lengths),
-            pad_id=pad,
-        )
+    featurize = make_featurizer(config, m, mesh)
 
     train_step = make_train_step(config, m, mesh, optimizer)
     evals: list[dict] = []
@@ -469,13 +620,16 @@ def train(
         pending.clear()
         window.update(pairs=0, tokens=0, slots=0, t0=time.time(), steps=0)
 
-    with data_lib.Prefetcher(loader, featurize, size=config.data.prefetch) as batches:
+    with (
+        StepWatchdog(config.step_timeout_s, workdir) as watchdog,
+        data_lib.Prefetcher(loader, featurize, size=config.data.prefetch) as batches,
+    ):
         while step < config.total_steps:
             arrays, latest_loader_state = next(batches)
-            mask = arrays["mask_BxCxL"]
+            segments = arrays["segments_GRxL"]
             window["pairs"] += config.batch_size
-            window["tokens"] += int(mask.sum()) * jax.process_count()
-            window["slots"] += int(mask.size) * jax.process_count()
+            window["tokens"] += int((segments > 0).sum()) * jax.process_count()  # estimate
+            window["slots"] += int(segments.size) * jax.process_count()
             window["steps"] += 1
             batch = {
                 k: jax.make_array_from_process_local_data(batch_sharding, v)
@@ -483,6 +637,7 @@ def train(
             }
             state, metrics = train_step(state, batch)
             step += 1
+            watchdog.dispatched(step, metrics["loss"])
             if step == _KILL_AT_STEP:  # fault injection for the kill -9 resume test
                 jax.block_until_ready(state)
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -515,17 +670,36 @@ def train(
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = flags.FLAGS.config
+    f = flags.FLAGS
+    init_distributed(f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed)
+    config = f.config
     print(config, flush=True)
     try:
-        summary = train(config, flags.FLAGS.workdir)
+        summary = train(config, f.workdir)
     except NonFiniteLossError as e:
         sys.exit(f"error: {e}")
+    except Exception as e:
+        if jax.process_count() == 1:
+            raise
+        logging.exception("training failed")
+        print(
+            f"error: process {jax.process_index()} of {jax.process_count()} failed ({e}); if "
+            "another process died, run every process again to resume from the latest "
+            f"checkpoint in {f.workdir}.",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)  # a normal exit would wait in jax.distributed's shutdown for dead peers
     print(json.dumps({"final_step": summary["step"], "evals": summary["evals"]}), flush=True)
 
 
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/base.py:demo")
     flags.DEFINE_string("workdir", None, "run folder: checkpoints, metrics.jsonl, export/")
+    # Multi-host runs only (README_multihost.md); else from JAX_COORDINATOR_ADDRESS etc.
+    flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordinator")
+    flags.DEFINE_integer("num_processes", None, "processes in the run (one per host)")
+    flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)")
+    flags.DEFINE_bool("distributed", False, "join JAX's runtime, topology found by JAX (TPU...)")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

