@@ -134,13 +134,18 @@ def _check_model(meta: dict, fingerprint: str, index_dir: str, model_path: str) 
         )
 
 
-def load_index(index_dir: str) -> tuple[dict, list[dict], np.ndarray]:
-    """(model.json, docs, embeddings as a read-only memory map) of an index folder."""
+def read_index_meta(index_dir: str) -> dict:
+    """model.json of an index folder: model path, fingerprint, dim, count."""
     meta_path = os.path.join(index_dir, INDEX_META)
     if not os.path.exists(meta_path):
         raise AppError(f"{index_dir}: not a search index ({INDEX_META} is missing)")
     with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
+        return json.load(f)
+
+
+def load_index(index_dir: str) -> tuple[dict, list[dict], np.ndarray]:
+    """(model.json, docs, embeddings as a read-only memory map) of an index folder."""
+    meta = read_index_meta(index_dir)
     with open(os.path.join(index_dir, INDEX_DOCS), encoding="utf-8") as f:
         docs = [json.loads(line) for line in f]
     emb_NxD = np.load(os.path.join(index_dir, INDEX_EMB), mmap_mode="r")
@@ -388,67 +393,91 @@ def _texts(args: Sequence[str], what: str) -> list[str]:
     return [t for _, t in read_lines(f.file)] if f.file else list(args)
 
 
+def _cmd_embed(m: convert.LoadedModel, args: list[str]) -> None:
+    f = flags.FLAGS
+    emb = embed_file(m, f.input, f.output, f.batch_size)
+    print(json.dumps({"output": f.output, "n": emb.shape[0], "dim": emb.shape[1]}))
+
+
+def _cmd_rank(m: convert.LoadedModel, args: list[str], qa: bool) -> None:
+    texts = _texts(args, "texts")
+    anchor = flags.FLAGS.query if qa else (texts.pop(0) if texts else None)
+    if anchor is None or not texts:
+        raise app.UsageError("give a source (qa: --query) and at least one text to rank")
+    print(f"{'query' if qa else 'source'}: {anchor}")
+    _print_ranking(rank(m, anchor, texts, cosine=not qa), texts, "dot" if qa else "cosine")
+
+
+def _cmd_index(m: convert.LoadedModel, args: list[str]) -> None:
+    f = flags.FLAGS
+    print(json.dumps(index_corpus(m, f.input, f.index, f.batch_size)))
+
+
+def _cmd_query(m: convert.LoadedModel, args: list[str]) -> None:
+    f = flags.FLAGS
+    queries = _texts(args, "queries")
+    if not queries:
+        raise app.UsageError("search query needs at least one query")
+    for q, hits in zip(queries, query_index(m, f.index, queries, f.top_k), strict=True):
+        print(f"query: {q}\nrank     score  id  text")
+        for r, h in enumerate(hits, start=1):
+            print(f"{r:>4}  {h['score']:8.4f}  {h['id']}  {h['text'][:120]}")
+
+
+def _cmd_cluster(m: convert.LoadedModel, args: list[str]) -> None:
+    f = flags.FLAGS
+    texts = [t for _, t in read_lines(f.input)]
+    for j, members in enumerate(cluster_texts(m, texts, f.k, f.seed, f.batch_size), 1):
+        print(f"cluster {j}: {len(members)} texts")
+        for i in members[: f.show]:
+            print(f"  {texts[i]}")
+
+
+def _cmd_bias(m: convert.LoadedModel, args: list[str]) -> None:
+    f = flags.FLAGS
+    report = bias_eval(m, f.templates, f.batch_size)
+    os.makedirs(f.output, exist_ok=True)
+    with open(os.path.join(f.output, "bias.json"), "w", encoding="utf-8") as out:
+        json.dump(report, out, indent=2)
+    bias_chart(report, os.path.join(f.output, "bias.png"))
+    print(f"{'occupation':<20} female%   male  female    margin")
+    for r in [{"occupation": "OVERALL", **report["overall"]}, *report["occupations"]]:
+        pct = f"{r['female_pct']:.0f}" if "female_pct" in r else ""
+        print(
+            f"{r['occupation']:<20} {pct:>7} {r['male']:6.2f} {r['female']:7.2f} "
+            f"{r['mean_margin']:9.5f}"
+        )
+    print(f"spearman(margin, female%) = {report['spearman_margin_vs_female_pct']}")
+    print(f"wrote {f.output}/bias.json and {f.output}/bias.png")
+
+
+COMMANDS = {  # name -> (function, required flags besides --model)
+    "embed": (_cmd_embed, ("input", "output")),
+    "similarity": (lambda m, a: _cmd_rank(m, a, qa=False), ()),
+    "qa": (lambda m, a: _cmd_rank(m, a, qa=True), ("query",)),
+    "search index": (_cmd_index, ("input", "index")),
+    "search query": (_cmd_query, ("index",)),
+    "cluster": (_cmd_cluster, ("input", "k")),
+    "bias": (_cmd_bias, ("output",)),
+}
+
+
 def _run(command: str, args: list[str]) -> None:
     f = flags.FLAGS
     if command == "search":
         if not args or args[0] not in ("index", "query"):
             raise app.UsageError("search needs 'index' or 'query'")
         command, args = "search " + args[0], args[1:]
-    needs = {"embed": ("input", "output"), "cluster": ("input", "k"), "bias": ("output",)}
-    needs.update({"qa": ("query",), "search index": ("input", "index"), "search query": ("index",)})
-    for name in ("model", *needs.get(command, ())):
-        if getattr(f, name) is None and not (name == "model" and command == "search query"):
+    if command not in COMMANDS:
+        raise app.UsageError(f"unknown command {command!r} (known: {', '.join(COMMANDS)})")
+    fn, required = COMMANDS[command]
+    for name in required if command == "search query" else ("model", *required):
+        if getattr(f, name) is None:
             raise app.UsageError(f"{command} needs --{name}")
-    if command == "search query":  # the index knows its model; --model may point elsewhere
-        meta, _, _ = load_index(f.index)
-        m = convert.load_model(f.model or meta["model"])
-    else:
-        m = convert.load_model(f.model)
-
-    if command == "embed":
-        emb = embed_file(m, f.input, f.output, f.batch_size)
-        print(json.dumps({"output": f.output, "n": emb.shape[0], "dim": emb.shape[1]}))
-    elif command in ("similarity", "qa"):
-        texts = _texts(args, "texts")
-        anchor = f.query if command == "qa" else (texts.pop(0) if texts else None)
-        if anchor is None or not texts:
-            raise app.UsageError(f"{command} needs a source and at least one text to rank")
-        kind = "dot" if command == "qa" else "cosine"
-        print(f"{'query' if command == 'qa' else 'source'}: {anchor}")
-        _print_ranking(rank(m, anchor, texts, cosine=command == "similarity"), texts, kind)
-    elif command == "search index":
-        print(json.dumps(index_corpus(m, f.input, f.index, f.batch_size)))
-    elif command == "search query":
-        queries = _texts(args, "queries")
-        if not queries:
-            raise app.UsageError("search query needs at least one query")
-        for q, hits in zip(queries, query_index(m, f.index, queries, f.top_k), strict=True):
-            print(f"query: {q}\nrank     score  id  text")
-            for r, h in enumerate(hits, start=1):
-                print(f"{r:>4}  {h['score']:8.4f}  {h['id']}  {h['text'][:120]}")
-    elif command == "cluster":
-        texts = [t for _, t in read_lines(f.input)]
-        for j, members in enumerate(cluster_texts(m, texts, f.k, f.seed, f.batch_size), 1):
-            print(f"cluster {j}: {len(members)} texts")
-            for i in members[: f.show]:
-                print(f"  {texts[i]}")
-    elif command == "bias":
-        report = bias_eval(m, f.templates, f.batch_size)
-        os.makedirs(f.output, exist_ok=True)
-        with open(os.path.join(f.output, "bias.json"), "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2)
-        bias_chart(report, os.path.join(f.output, "bias.png"))
-        print(f"{'occupation':<20} female%   male  female    margin")
-        for r in [{"occupation": "OVERALL", **report["overall"]}, *report["occupations"]]:
-            pct = f"{r['female_pct']:.0f}" if "female_pct" in r else ""
-            print(
-                f"{r['occupation']:<20} {pct:>7} {r['male']:6.2f} {r['female']:7.2f} "
-                f"{r['mean_margin']:9.5f}"
-            )
-        print(f"spearman(margin, female%) = {report['spearman_margin_vs_female_pct']}")
-        print(f"wrote {f.output}/bias.json and {f.output}/bias.png")
-    else:
-        raise app.UsageError(f"unknown command {command!r}")
+    model_path = f.model
+    if model_path is None:  # search query: the index names its model
+        model_path = read_index_meta(f.index)["model"]
+    fn(convert.load_model(model_path), args)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -278,3 +278,16 @@ def test_bias_matches_a_direct_computation(ref, tmp_path, capsys):
     all_mg = np.concatenate(list(margins.values()))
     assert report["overall"]["n"] == 4
     assert report["overall"]["male"] == (all_mg > 0).mean()
+
+
+def test_usage_errors_come_before_loading_a_model(capsys):
+    from absl import app
+
+    with pytest.raises(app.UsageError, match="unknown command 'nope'"):
+        _cli(capsys, "nope", "--model=/does/not/exist")
+    with pytest.raises(app.UsageError, match="qa needs --query"):
+        _cli(capsys, "qa", "--model=/does/not/exist", "an answer")
+    with pytest.raises(app.UsageError, match="search needs 'index' or 'query'"):
+        _cli(capsys, "search", "--model=/does/not/exist")
+    with pytest.raises(SystemExit, match="error: /does/not/exist: no such model folder"):
+        _cli(capsys, "similarity", "--model=/does/not/exist", "a", "b")
