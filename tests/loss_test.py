@@ -204,10 +204,10 @@ class MnrlLossTest(parameterized.TestCase):
         """Closed-form loss for a batch built so every candidate's role is known.
 
         Example i (global) has anchor = positive = e_i and hard negatives at cosine 1/2 to e_i,
-        each along its own extra axis; odd examples have their second negative masked. Anchor i
-        then scores 5 on its positive, 2.5 on its own unmasked negatives and 0 on every other
-        candidate. If gathering mixed negatives into the positive block, or the mask drifted
-        from its negatives, the target or the candidate counts would change.
+        each along its own extra axis; some negatives are masked. Anchor i then scores 5 on its
+        positive, 2.5 on its own unmasked negatives and 0 on every other candidate. If gathering
+        mixed negatives into the positive block, or the mask drifted from its negatives, the
+        target or the candidate counts would change.
         """
         batch, num_negatives = DEVICES * LOCAL_BATCH, 2
         dim = batch * (1 + num_negatives)
@@ -223,7 +223,9 @@ class MnrlLossTest(parameterized.TestCase):
             ]
         ).astype(np.float32)
         mask = np.ones((batch, num_negatives), dtype=bool)
-        mask[1::2, 1] = False
+        # Not periodic in the local batch, so a mask tiled from one device would differ.
+        mask[np.arange(batch) % 3 == 1, 1] = False
+        mask[5, 0] = False
         own = mask.sum(axis=1)
         others = (batch - 1) + (mask.sum() - own)
         # Scale 5, not 20: near-zero losses would drown in float32 rounding of log-sum-exp.
