@@ -48,19 +48,19 @@ def bench_ours(batch_size: int, steps: int, warmup: int, packing: bool, dtype: s
 
     config = base.get_config("demo")
     config.batch_size, config.data.packing, config.model.dtype = batch_size, packing, dtype
-    config.data.max_seq_len, config.total_steps = 128, warmup + steps
+    config.data.max_seq_len, config.total_steps, config.warmup_steps = 128, warmup + steps, 0
     devices = jax.devices()
     main.validate(config, len(devices))
     m = main.build_model(config)
     mesh = jax.make_mesh((len(devices),), (main.AXIS,), devices=devices)
     optimizer, _ = main.make_optimizer(config)
-    state = main.TrainState(
-        m.params, optimizer.init(m.params), jax.random.key(0), np.int32(0)
-    )
+    state = main.TrainState(m.params, optimizer.init(m.params), jax.random.key(0), np.int32(0))
     state = jax.device_put(state, NamedSharding(mesh, P()))
     step_fn = main.make_train_step(config, m, mesh, optimizer)
     featurize = main.make_featurizer(config, m, mesh)
-    loader = data_lib.MixtureLoader.from_config(config.data, batch_size=batch_size, seed=0)
+    loader = data_lib.MixtureLoader.from_config(
+        config.data, batch_size=batch_size, seed=0, workdir=tempfile.mkdtemp()
+    )
     sharding = NamedSharding(mesh, P(main.AXIS))
 
     def put(arrays):
@@ -76,8 +76,9 @@ def bench_ours(batch_size: int, steps: int, warmup: int, packing: bool, dtype: s
     t0 = time.time()
     compiled = {}
     for shape in shapes:
-        dummy = dict(first, ids_GRxL=np.zeros(shape, np.int32),
-                     segments_GRxL=np.zeros(shape, np.int32))
+        dummy = dict(
+            first, ids_GRxL=np.zeros(shape, np.int32), segments_GRxL=np.zeros(shape, np.int32)
+        )
         compiled[shape] = step_fn.lower(state, put(dummy)).compile()
     compile_s = time.time() - t0
 
@@ -125,7 +126,7 @@ def bench_sentence_transformers(batch_size: int, steps: int, warmup: int, bf16: 
     model = SentenceTransformer(_reference_model(), device=device)
     model.max_seq_length = 128
     train = {}
-    for name in sorted(os.listdir(TRAIN_DIR)):
+    for name in sorted(n for n in os.listdir(TRAIN_DIR) if n.endswith(".jsonl.gz")):
         with gzip.open(os.path.join(TRAIN_DIR, name), "rt", encoding="utf-8") as f:
             rows = [json.loads(line) for line in f]
         cols = {"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows]}
@@ -134,16 +135,17 @@ def bench_sentence_transformers(batch_size: int, steps: int, warmup: int, bf16: 
         train[name.split(".")[0]] = datasets.Dataset.from_dict(cols)
 
     counts = {"tokens": 0, "slots": 0, "timed": False}
-    tokenize = model.tokenize
+    transformer = model[0]
+    forward = transformer.forward
 
-    def counting_tokenize(texts, *args, **kwargs):
-        out = tokenize(texts, *args, **kwargs)
+    def counting_forward(features, *args, **kwargs):
         if counts["timed"]:
-            counts["tokens"] += int(out["attention_mask"].sum())
-            counts["slots"] += int(out["attention_mask"].numel())
-        return out
+            mask = features["attention_mask"]
+            counts["tokens"] += int(mask.sum())
+            counts["slots"] += int(mask.numel())
+        return forward(features, *args, **kwargs)
 
-    model.tokenize = counting_tokenize
+    transformer.forward = counting_forward
     times = []
 
     class Clock(transformers.TrainerCallback):
@@ -202,16 +204,31 @@ def main(argv):
     print(json.dumps(ours), flush=True)
     if not f.compare:
         return
-    cmd = [f.st_python, os.path.abspath(__file__), "--st_worker", f"--batch_size={f.batch_size}",
-           f"--steps={f.steps}", f"--warmup={f.warmup}", f"--dtype={f.dtype}"]
+    cmd = [
+        f.st_python,
+        os.path.abspath(__file__),
+        "--st_worker",
+        f"--batch_size={f.batch_size}",
+        f"--steps={f.steps}",
+        f"--warmup={f.warmup}",
+        f"--dtype={f.dtype}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [x for x in out.stdout.split("\n") if x.startswith("RESULT ")]
     if out.returncode or not lines:
         sys.exit(f"sentence-transformers run failed:\n{out.stderr[-4000:]}")
-    theirs = json.loads(lines[-1][len("RESULT "):])
+    theirs = json.loads(lines[-1][len("RESULT ") :])
     print(json.dumps(theirs), flush=True)
-    print(json.dumps({"ratio_ours_over_sentence_transformers":
-                      round(ours["pairs_per_s"] / theirs["pairs_per_s"], 2)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "ratio_ours_over_sentence_transformers": round(
+                    ours["pairs_per_s"] / theirs["pairs_per_s"], 2
+                )
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
