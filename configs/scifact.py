@@ -35,12 +35,12 @@ def get_config(arg=None):
     c.data.max_negatives = 0  # pairs: in-batch negatives only
     c.data.shuffle_buffer = 1000  # the whole file
     c.batch_size = 32  # fits a 2-core CPU; 917 pairs = 29 steps per epoch
-    c.total_steps = 60  # about two epochs
-    c.warmup_steps = 6  # 10% warm-up
+    c.total_steps = 30  # about one epoch (917 pairs)
+    c.warmup_steps = 3  # 10% warm-up
     c.lr = 2e-5
     c.log_every = 5
     c.eval_every = 0
-    c.checkpoint_every = 30
+    c.checkpoint_every = 15
     c.eval.sts_files = ()  # SciFact test is scored afterwards with evaluate.py --retrieval
     return base.apply_arg(c, arg)
 
