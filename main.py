@@ -45,8 +45,10 @@ import model as model_lib
 import packing
 
 AXIS = "data"
-# Fault injection for tests: SIGKILL this process right after this step (0 = never).
+# Fault injection for tests: SIGKILL this process right after this step (0 = never), or send
+# it SENTEMB_KILL_SIGNAL instead (SIGSTOP: a process that hangs rather than dies).
 _KILL_AT_STEP = int(os.environ.get("SENTEMB_KILL_AT_STEP", "0"))
+_KILL_SIGNAL = signal.Signals[os.environ.get("SENTEMB_KILL_SIGNAL", "SIGKILL")]
 
 
 class TrainState(NamedTuple):
@@ -560,13 +562,13 @@ def train(
     if restored is not None:
         fresh, loader_state = restored
         print(f"resuming from step {int(fresh.step)} in {workdir}", flush=True)
-    state = replicate(fresh, replicated)
     start_step = int(fresh.step)
     if jax.process_count() > 1:  # every process reads the checkpoint itself
         multihost_utils.assert_equal(
             start_step,
             f"processes would resume from different steps: {workdir} must be shared storage",
         )
+    state = replicate(fresh, replicated)
 
     # Every process composes the whole global batch (see make_featurizer).
     loader = data_lib.MixtureLoader.from_config(
@@ -640,7 +642,7 @@ def train(
             watchdog.dispatched(step, metrics["loss"])
             if step == _KILL_AT_STEP:  # fault injection for the kill -9 resume test
                 jax.block_until_ready(state)
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), _KILL_SIGNAL)
             pending.append(dict(metrics, step=state.step))
             if step % config.log_every == 0 or step == config.total_steps:
                 flush_metrics()
