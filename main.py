@@ -125,6 +125,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     for path in config.eval.sts_files:
         if not os.path.exists(path):
             bad("eval.sts_files", f"{path!r} does not exist")
+    for path in config.eval.retrieval_dirs:
+        if not os.path.exists(os.path.join(path, "corpus.jsonl.gz")):
+            bad("eval.retrieval_dirs", f"{path!r} has no corpus.jsonl.gz (BEIR layout)")
 
 
 # ----------------------------------------------------------------------------- model
@@ -263,7 +266,8 @@ def make_train_step(
         loss, metrics, grads = grads_fn(state.params, state.rng, state.step, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        # The step number travels in the metrics: state.step itself is donated to the next step.
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), step=state.step + 1)
         return TrainState(params, opt_state, state.rng, state.step + 1), metrics
 
     return jax.jit(step_fn, donate_argnums=(0,))
@@ -415,6 +419,12 @@ def run_evaluation(config, m, params, step: int, log: MetricsLog) -> list[dict]:
     host_params = jax.device_get(params)
     for path in config.eval.sts_files:
         r = evaluate.evaluate_sts(m, path, params=host_params, batch_size=config.eval.batch_size)
+        results.append(r)
+        log.write({"step": step, "eval": r})
+    for folder in config.eval.retrieval_dirs:
+        r = evaluate.evaluate_retrieval(
+            m, folder, params=host_params, batch_size=config.eval.batch_size
+        )
         results.append(r)
         log.write({"step": step, "eval": r})
     return results
@@ -582,8 +592,9 @@ def train(
 
     train_step = make_train_step(config, m, mesh, optimizer)
     evals: list[dict] = []
+    evals_before: list[dict] = []
     if config.eval_before and start_step == 0:
-        evals = run_evaluation(config, m, state.params, 0, log)
+        evals_before = run_evaluation(config, m, state.params, 0, log)
 
     pending: list[dict] = []  # device metrics not yet pulled to the host
     window = {"pairs": 0, "tokens": 0, "slots": 0, "t0": time.time(), "steps": 0}
@@ -643,7 +654,7 @@ def train(
             if step == _KILL_AT_STEP:  # fault injection for the kill -9 resume test
                 jax.block_until_ready(state)
                 os.kill(os.getpid(), _KILL_SIGNAL)
-            pending.append(dict(metrics, step=state.step))
+            pending.append(metrics)
             if step % config.log_every == 0 or step == config.total_steps:
                 flush_metrics()
             if step % config.checkpoint_every == 0 or step == config.total_steps:
@@ -663,6 +674,7 @@ def train(
         "step": step,
         "last": last_record,
         "evals": evals,
+        "evals_before": evals_before,
         "export": export_dir,
         "loader": loader.stats(),
         "params": jax.device_get(state.params),
@@ -692,6 +704,10 @@ def main(argv: Sequence[str]) -> None:
             flush=True,
         )
         os._exit(1)  # a normal exit would wait in jax.distributed's shutdown for dead peers
+    before = {r["task"]: r["score"] for r in summary["evals_before"]}
+    for r in summary["evals"]:
+        was = f"{before[r['task']]:.2f} -> " if r["task"] in before else ""
+        print(f"{r['metric']} {os.path.relpath(r['task'])}: {was}{r['score']:.2f}", flush=True)
     print(json.dumps({"final_step": summary["step"], "evals": summary["evals"]}), flush=True)
 
 

@@ -84,7 +84,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.sts_files = (os.path.join(SAMPLE, "stsb", "dev.tsv.gz"),)  # STS gzip TSVs
-    c.eval.retrieval_dirs = ()  # BEIR-layout folders (needs evaluate.py retrieval support)
+    c.eval.retrieval_dirs = ()  # BEIR-layout folders (test split), scored like STS
     c.eval.batch_size = 64  # texts per encoding batch
     return c
 

@@ -74,11 +74,14 @@ def test_kill_and_resume_is_exact(tmp_path):
 
 def test_one_and_eight_devices_give_the_same_losses(tmp_path):
     assert jax.device_count() == 8
-    cfg = smoke(**{"model.dropout_rate": 0.0, "total_steps": 4, "checkpoint_every": 100})
+    # log_every=2: metrics of two steps wait on the device while the state is donated onward.
+    cfg = smoke(
+        **{"model.dropout_rate": 0.0, "total_steps": 4, "checkpoint_every": 100, "log_every": 2}
+    )
     one = main.train(cfg, str(tmp_path / "one"), devices=jax.devices()[:1])
     eight = main.train(cfg, str(tmp_path / "eight"))
     l1, l8 = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
-    assert sorted(l1) == [1, 2, 3, 4]
+    assert sorted(l1) == [2, 4]
     np.testing.assert_allclose([l8[s] for s in l1], [l1[s] for s in l1], atol=1e-5)
     chex.assert_trees_all_close(one["params"], eight["params"], atol=1e-5)
 
