@@ -43,7 +43,6 @@ def bench_ours(batch_size: int, steps: int, warmup: int, packing: bool, dtype: s
 
     import data as data_lib
     import main
-    import packing as packing_lib
     from configs import base
 
     config = base.get_config("demo")
@@ -66,23 +65,16 @@ def bench_ours(batch_size: int, steps: int, warmup: int, packing: bool, dtype: s
     def put(arrays):
         return {k: jax.device_put(v, sharding) for k, v in arrays.items()}
 
-    # Compile every shape a run can meet before timing (packed row counts or bucket lengths).
-    first = featurize(loader.next_examples())
-    per_device = batch_size // len(devices) * (2 + config.data.max_negatives)
-    if packing:
-        shapes = [(r * len(devices), 128) for r in packing_lib.row_sizes(per_device)]
-    else:
-        shapes = [(per_device * len(devices), b) for b in config.data.bucket_lengths]
+    # Featurize the batches first, then compile each step shape they need before timing.
+    batches = [featurize(loader.next_examples()) for _ in range(warmup + steps)]
+    shapes = sorted({b["ids_GRxL"].shape for b in batches})
     t0 = time.time()
     compiled = {}
     for shape in shapes:
-        dummy = dict(
-            first, ids_GRxL=np.zeros(shape, np.int32), segments_GRxL=np.zeros(shape, np.int32)
-        )
-        compiled[shape] = step_fn.lower(state, put(dummy)).compile()
+        example = next(b for b in batches if b["ids_GRxL"].shape == shape)
+        compiled[shape] = step_fn.lower(state, put(example)).compile()
     compile_s = time.time() - t0
 
-    batches = [featurize(loader.next_examples()) for _ in range(warmup + steps)]
     tokens = slots = 0
     for i, arrays in enumerate(batches):
         if i == warmup:
@@ -105,6 +97,7 @@ def bench_ours(batch_size: int, steps: int, warmup: int, packing: bool, dtype: s
         "tokens_per_s": round(tokens / elapsed, 1),
         "padding_efficiency": round(tokens / max(slots, 1), 3),
         "compile_s": round(compile_s, 1),
+        "step_shapes": len(shapes),
         "last_loss": round(loss, 4),
     }
 
