@@ -136,6 +136,29 @@ class EncoderTest(parameterized.TestCase):
         e1 = fn.apply(params, None, ids, seg, False)
         chex.assert_trees_all_close(e1, fn.apply(params, None, ids, seg, False))
 
+    def test_threefry_known_answers(self):
+        # Random123's known-answer vectors for Threefry-2x32-20 (also in JAX's random_test.py).
+        cases = [
+            ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+            ((0xFFFFFFFF,) * 2, (0xFFFFFFFF,) * 2, (0x1CB996FC, 0xBB002BE7)),
+            ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+        ]
+        for key, count, expected in cases:
+            out = model.threefry2x32(*(jnp.uint32(v) for v in key + count))
+            self.assertEqual(tuple(int(v) for v in out), expected)
+
+    def test_dropout_mask(self):
+        x = jnp.ones((64, 8, 128), jnp.float32)
+        key = jax.random.key(3)
+        y = np.asarray(jax.jit(model.dropout, static_argnums=1)(key, 0.1, x))
+        kept = y != 0
+        self.assertAlmostEqual(kept.mean(), 0.9, delta=0.005)  # 65536 draws: sd ~0.0012
+        np.testing.assert_allclose(y[kept], 1 / 0.9, rtol=1e-6)
+        self.assertGreater((kept[0] != kept[1]).mean(), 0.1)  # rows get different masks
+        np.testing.assert_array_equal(y, model.dropout(key, 0.1, x))  # a function of the key
+        other = np.asarray(model.dropout(jax.random.key(4), 0.1, x)) != 0
+        self.assertGreater((kept != other).mean(), 0.1)
+
     @parameterized.parameters(*FAMILIES)
     def test_name_table_covers_every_param(self, family):
         cfg = FAMILIES[family]
