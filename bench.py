@@ -181,6 +181,7 @@ def bench_sentence_transformers(batch_size: int, steps: int, warmup: int, bf16: 
         "batch_size": batch_size,
         "steps_timed": steps,
         "pairs_per_s": round(steps * batch_size / elapsed, 1),
+        "tokens_per_s": round(counts["tokens"] / elapsed, 1),
         # The tokenizer counter misses nothing but may count a prefetched batch or two.
         "padding_efficiency": round(counts["tokens"] / max(counts["slots"], 1), 3),
     }

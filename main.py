@@ -298,7 +298,7 @@ def make_featurizer(
             pack=config.data.packing,
             max_segments=config.data.max_segments,
             bucket_lengths=tuple(config.data.bucket_lengths),
-            size_multiple=chunk or 8,
+            size_multiple=chunk or 1,  # GradCache splits each device's rows into chunks
         )
         return packing.device_slice(arrays, len(mesh_devices), local[0], len(local))
 
