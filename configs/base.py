@@ -46,6 +46,9 @@ def base() -> ml_collections.ConfigDict:
     c.checkpoint_every = 5_000  # steps between checkpoints (and one at the end)
     c.keep_checkpoints = 3  # newest checkpoints kept in DIR/checkpoints
     c.step_timeout_s = 0  # a train step slower than this aborts the run (multi-host hangs); 0 = off
+    # XLA executables kept on disk (JAX's persistent cache): a resumed or repeated run skips
+    # recompiling its step shapes. Relative to the workdir; an absolute path shares it across runs.
+    c.compilation_cache_dir = "compilation_cache"  # '' = off
 
     c.model = ml_collections.ConfigDict()
     # Architecture fields are used for random init only; init_from's config.json wins otherwise.

@@ -67,6 +67,9 @@ def test_kill_and_resume_is_exact(tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, 13))
     for step in range(7, 13):
         assert a[step] == b[step], (step, a[step], b[step])
+    # The CLI keeps its XLA executables in the workdir (JAX's persistent cache, which the
+    # resumed run reads: its losses above match the straight run's).
+    assert os.listdir(killed / "compilation_cache")
     pa = convert.load_model(str(straight / "export")).params
     pb = convert.load_model(str(killed / "export")).params
     chex.assert_trees_all_equal(pa, pb)
