@@ -688,7 +688,7 @@ def main(argv: Sequence[str]) -> None:
     init_distributed(f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed)
     config = f.config
     print(config, flush=True)
-    if config.compilation_cache_dir:  # before the first compilation; the CLI only (tests: off)
+    if config.compilation_cache_dir:  # before the first compilation; train() callers choose own
         cache = os.path.join(f.workdir, os.path.expanduser(config.compilation_cache_dir))
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
