@@ -23,7 +23,7 @@ import gzip
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import haiku as hk
 import jax
@@ -102,37 +102,53 @@ def encode(
     return emb_NxD
 
 
-def read_sts(path: str) -> tuple[list[str], list[str], np.ndarray]:
-    """A gzip TSV with header sentence1, sentence2, score (no quoting) -> columns."""
+def _read_gzip_lines(path: str) -> list[str]:
+    """Lines of a gzip (or, for a name without .gz, plain) UTF-8 text file."""
+    gz = path.endswith(".gz")
     try:
-        f = gzip.open(path, "rt", encoding="utf-8", newline="\n")
-        lines = f.read().split("\n")
+        with (gzip.open if gz else open)(path, "rt", encoding="utf-8", newline="\n") as f:
+            return f.read().split("\n")
     except FileNotFoundError as e:
         raise DataFileError(f"{path}: file not found") from e
     except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DataFileError(f"{path}: cannot read as gzip UTF-8 text ({e})") from e
+        kind = "gzip UTF-8" if gz else "UTF-8"
+        raise DataFileError(f"{path}: cannot read as {kind} text ({e})") from e
+
+
+def _read_tsv(path: str, columns: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, values of `columns`) per non-blank row of a TSV whose header names them.
+
+    No quoting: a quote is text. Errors name the file and line.
+    """
+    lines = _read_gzip_lines(path)
     header = lines[0].rstrip("\r").split("\t")
     try:
-        cols = [header.index(c) for c in ("sentence1", "sentence2", "score")]
+        cols = [header.index(c) for c in columns]
     except ValueError as e:
         raise DataFileError(
-            f"{path}:1: header must name columns sentence1, sentence2, score; got {header}"
+            f"{path}:1: header must name columns {', '.join(columns)}; got {header}"
         ) from e
-    s1, s2, scores = [], [], []
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         parts = line.rstrip("\r").split("\t")
         if len(parts) <= max(cols):
             raise DataFileError(f"{path}:{lineno}: expected {len(header)} tab-separated columns")
+        yield lineno, [parts[c] for c in cols]
+
+
+def read_sts(path: str) -> tuple[list[str], list[str], np.ndarray]:
+    """An STS TSV (gzip when named .gz; header sentence1, sentence2, score) -> columns."""
+    s1, s2, scores = [], [], []
+    for lineno, (a, b, raw) in _read_tsv(path, ("sentence1", "sentence2", "score")):
         try:
-            score = float(parts[cols[2]])
+            score = float(raw)
         except ValueError as e:
-            raise DataFileError(f"{path}:{lineno}: score {parts[cols[2]]!r} is not a number") from e
+            raise DataFileError(f"{path}:{lineno}: score {raw!r} is not a number") from e
         if not np.isfinite(score):
-            raise DataFileError(f"{path}:{lineno}: score {parts[cols[2]]!r} is not finite")
-        s1.append(parts[cols[0]])
-        s2.append(parts[cols[1]])
+            raise DataFileError(f"{path}:{lineno}: score {raw!r} is not finite")
+        s1.append(a)
+        s2.append(b)
         scores.append(score)
     if not scores:
         raise DataFileError(f"{path}: no pairs after the header")
@@ -154,18 +170,6 @@ def evaluate_sts(
     )
     rho = scipy.stats.spearmanr(gold, cos).statistic
     return {"task": path, "metric": "spearman_cosine", "score": round(100 * rho, 2), "n": len(gold)}
-
-
-def _read_gzip_lines(path: str) -> list[str]:
-    """Lines of a gzip (or, for a name without .gz, plain) UTF-8 text file."""
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-            return f.read().split("\n")
-    except FileNotFoundError as e:
-        raise DataFileError(f"{path}: file not found") from e
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DataFileError(f"{path}: cannot read as UTF-8 text ({e})") from e
 
 
 def read_jsonl_records(
@@ -209,28 +213,13 @@ def read_beir_corpus(path: str) -> tuple[list[str], list[str]]:
 
 def read_qrels(path: str) -> dict[str, dict[str, int]]:
     """A qrels TSV (header query-id, corpus-id, score: an integer grade) -> {qid: {doc: grade}}."""
-    lines = _read_gzip_lines(path)
-    header = lines[0].rstrip("\r").split("\t")
-    try:
-        cols = [header.index(c) for c in ("query-id", "corpus-id", "score")]
-    except ValueError as e:
-        raise DataFileError(
-            f"{path}:1: header must name columns query-id, corpus-id, score; got {header}"
-        ) from e
     qrels: dict[str, dict[str, int]] = {}
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        parts = line.rstrip("\r").split("\t")
-        if len(parts) <= max(cols):
-            raise DataFileError(f"{path}:{lineno}: expected {len(header)} tab-separated columns")
+    for lineno, (qid, doc, raw) in _read_tsv(path, ("query-id", "corpus-id", "score")):
         try:
-            grade = int(parts[cols[2]])
+            grade = int(raw)
         except ValueError as e:
-            raise DataFileError(
-                f"{path}:{lineno}: score {parts[cols[2]]!r} is not an integer"
-            ) from e
-        qrels.setdefault(parts[cols[0]], {})[parts[cols[1]]] = grade
+            raise DataFileError(f"{path}:{lineno}: score {raw!r} is not an integer") from e
+        qrels.setdefault(qid, {})[doc] = grade
     if not qrels:
         raise DataFileError(f"{path}: no judgements after the header")
     return qrels

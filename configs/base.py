@@ -86,7 +86,7 @@ def base() -> ml_collections.ConfigDict:
     c.loss.cache_chunk_size = 0  # GradCache chunk (rows per device); 0 = off
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.sts_files = (os.path.join(SAMPLE, "stsb", "dev.tsv.gz"),)  # STS gzip TSVs
+    c.eval.sts_files = (os.path.join(SAMPLE, "stsb", "dev.tsv.gz"),)  # STS TSVs (gzip if .gz)
     c.eval.retrieval_dirs = ()  # BEIR-layout folders (test split), scored like STS
     c.eval.batch_size = 64  # texts per encoding batch
     return c
