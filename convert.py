@@ -3,8 +3,9 @@
     python convert.py --model=PATH --out=DIR
 
 PATH is a model folder (config.json, model.safetensors, tokenizer.json and, where present, the
-sentence-transformers files modules.json, 1_Pooling/config.json, sentence_bert_config.json) or a
-training workdir (its latest checkpoint). DIR becomes a sentence-transformers folder that
+sentence-transformers files modules.json, 1_Pooling/config.json, sentence_bert_config.json, in the
+layout of the published models or the one sentence-transformers 6 saves) or a training workdir
+(its latest checkpoint). DIR becomes a sentence-transformers folder that
 `SentenceTransformer(DIR)` loads. Every problem with an input folder is reported, before any
 compute, as a `ModelFolderError` naming the file and the field.
 """
@@ -233,6 +234,49 @@ def load_tokenizer(folder: str, max_length: int) -> tokenizers.Tokenizer:
     return tok
 
 
+def _pooling_mode(pool_cfg: Any, pool_path: str) -> str:
+    """'mean', 'cls' or 'max' from a 1_Pooling/config.json of any sentence-transformers version.
+
+    Version 6 writes one `pooling_mode` (a name, or a list of names to concatenate) and, like it,
+    we then ignore the older `pooling_mode_*` booleans that earlier versions wrote.
+    """
+    if not isinstance(pool_cfg, dict):
+        raise ModelFolderError(f"{pool_path}: expected a JSON object")
+    if "pooling_mode" in pool_cfg:
+        mode = pool_cfg["pooling_mode"]
+        modes = [mode] if isinstance(mode, str) else mode
+        if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
+            raise ModelFolderError(f"{pool_path}: field 'pooling_mode' should be a string")
+        if len(modes) != 1 or modes[0] not in model_lib.POOLING_MODES:
+            raise ModelFolderError(
+                f"{pool_path}: field 'pooling_mode' {mode!r} is not supported "
+                f"(one of {', '.join(model_lib.POOLING_MODES)})"
+            )
+        return modes[0]
+    modes = [
+        m
+        for m, key in (
+            ("mean", "pooling_mode_mean_tokens"),
+            ("cls", "pooling_mode_cls_token"),
+            ("max", "pooling_mode_max_tokens"),
+        )
+        if pool_cfg.get(key)
+    ]
+    for key in (
+        "pooling_mode_mean_sqrt_len_tokens",
+        "pooling_mode_weightedmean_tokens",
+        "pooling_mode_lasttoken",
+    ):
+        if pool_cfg.get(key):
+            raise ModelFolderError(f"{pool_path}: field {key!r} is not supported")
+    if len(modes) != 1:
+        raise ModelFolderError(
+            f"{pool_path}: exactly one of pooling_mode_mean_tokens / _cls_token / "
+            f"_max_tokens must be true, got {modes or 'none'}"
+        )
+    return modes[0]
+
+
 def _read_pooling(folder: str, modules: list[dict]) -> tuple[str, bool, str]:
     """(pooling mode, normalize, transformer sub-folder) from modules.json and 1_Pooling."""
     modules_path = os.path.join(folder, "modules.json")
@@ -245,29 +289,7 @@ def _read_pooling(folder: str, modules: list[dict]) -> tuple[str, bool, str]:
             transformer_dir = mod.get("path", "")
         elif kind == "Pooling":
             pool_path = os.path.join(folder, mod.get("path", "1_Pooling"), "config.json")
-            pool_cfg = _read_json(pool_path)
-            modes = [
-                m
-                for m, key in (
-                    ("mean", "pooling_mode_mean_tokens"),
-                    ("cls", "pooling_mode_cls_token"),
-                    ("max", "pooling_mode_max_tokens"),
-                )
-                if pool_cfg.get(key)
-            ]
-            for key in (
-                "pooling_mode_mean_sqrt_len_tokens",
-                "pooling_mode_weightedmean_tokens",
-                "pooling_mode_lasttoken",
-            ):
-                if pool_cfg.get(key):
-                    raise ModelFolderError(f"{pool_path}: field {key!r} is not supported")
-            if len(modes) != 1:
-                raise ModelFolderError(
-                    f"{pool_path}: exactly one of pooling_mode_mean_tokens / _cls_token / "
-                    f"_max_tokens must be true, got {modes or 'none'}"
-                )
-            pooling = modes[0]
+            pooling = _pooling_mode(_read_json(pool_path), pool_path)
         elif kind == "Normalize":
             normalize = True
         else:
@@ -328,14 +350,20 @@ def load_model(path: str) -> LoadedModel:
 
     st_path = os.path.join(folder, "sentence_bert_config.json")
     st_cfg = _read_json(st_path) if os.path.exists(st_path) else {}
-    max_len = st_cfg.get("max_seq_length") or min(
-        512, cfg.max_position_embeddings - cfg.position_offset
-    )
+    max_len, source = st_cfg.get("max_seq_length"), f"{st_path}: field 'max_seq_length'"
+    if max_len is None:  # sentence-transformers 6 keeps the limit in the tokenizer config
+        positions = cfg.max_position_embeddings - cfg.position_offset
+        tok_path = os.path.join(tdir, "tokenizer_config.json")
+        tok_max = (_read_json(tok_path) if os.path.exists(tok_path) else {}).get("model_max_length")
+        if isinstance(tok_max, int) and tok_max <= positions:
+            max_len, source = tok_max, f"{tok_path}: field 'model_max_length'"
+        else:  # absent, or transformers' ~1e30 for "no limit": the position table's, <= 512
+            max_len = min(512, positions)
     if not isinstance(max_len, int) or max_len <= 0:
-        raise ModelFolderError(f"{st_path}: field 'max_seq_length' should be a positive int")
+        raise ModelFolderError(f"{source} should be a positive int")
     if max_len + cfg.position_offset > cfg.max_position_embeddings:
         raise ModelFolderError(
-            f"{st_path}: field 'max_seq_length' {max_len} exceeds the position table "
+            f"{source} {max_len} exceeds the position table "
             f"({cfg.max_position_embeddings} rows, offset {cfg.position_offset}) of {config_path}"
         )
     tokenizer = load_tokenizer(tdir, max_len)

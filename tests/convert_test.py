@@ -158,6 +158,50 @@ def test_bad_pooling_and_max_length(tmp_path):
         convert.load_model(str(d3))
 
 
+def test_sentence_transformers_6_layout_matches_its_embeddings(tmp_path):
+    """A folder saved by sentence-transformers 6.2.0 (tests/make_st6_fixture.py): `pooling_mode`
+    "cls" in 1_Pooling, a Normalize module, max_seq_length only in tokenizer_config.json."""
+    folder = os.path.join(FIXTURES, "tiny_bert_st6")
+    with np.load(os.path.join(folder, "reference.npz")) as f:
+        texts, expected = [str(t) for t in f["texts"]], f["embeddings"]
+        max_len = int(f["max_seq_length"])
+    m = convert.load_model(folder)
+    assert m.pooling == "cls" and m.normalize and m.max_seq_length == max_len == 24
+    ours = evaluate.encode(m, texts, batch_size=4, progress=False)
+    assert np.abs(ours - expected).max() <= 1e-5
+    # Our export (the older layout, which sentence-transformers 6 also reads) keeps all of it.
+    again = convert.load_model(convert.export_model(m, str(tmp_path / "export")))
+    assert (again.pooling, again.normalize, again.max_seq_length) == ("cls", True, 24)
+
+
+def test_pooling_mode_field_of_sentence_transformers_6(tmp_path):
+    d = _copy(tmp_path)
+    # The new key wins over the old booleans, as in sentence-transformers 6.
+    _edit_json(d / "1_Pooling" / "config.json", pooling_mode=["max"])
+    assert convert.load_model(str(d)).pooling == "max"
+    for bad in ("lasttoken", ["mean", "max"]):
+        _edit_json(d / "1_Pooling" / "config.json", pooling_mode=bad)
+        with pytest.raises(
+            convert.ModelFolderError,
+            match=r"1_Pooling/config\.json: field 'pooling_mode' .* is not supported",
+        ):
+            convert.load_model(str(d))
+    # Without max_seq_length the tokenizer config's model_max_length is the limit, unless it is
+    # transformers' "no limit" (~1e30): then the position table's, at most 512.
+    d2 = _copy(tmp_path / "b")
+    _edit_json(d2 / "sentence_bert_config.json", max_seq_length=None)
+    _edit_json(d2 / "tokenizer_config.json", model_max_length=100)
+    assert convert.load_model(str(d2)).max_seq_length == 100
+    _edit_json(d2 / "tokenizer_config.json", model_max_length=int(1e30))
+    assert convert.load_model(str(d2)).max_seq_length == 512
+    _edit_json(d2 / "tokenizer_config.json", model_max_length=0)
+    with pytest.raises(
+        convert.ModelFolderError,
+        match=r"tokenizer_config\.json: field 'model_max_length' should be a positive int",
+    ):
+        convert.load_model(str(d2))
+
+
 def test_workdir_resolves_to_its_latest_checkpoint(minilm, tmp_path):
     ckpts = tmp_path / "run" / convert.CHECKPOINTS
     convert.export_model(minilm, str(ckpts / f"{10:09d}" / "model"))
