@@ -278,27 +278,43 @@ def cluster_texts(
 
 
 def read_bias_templates(folder: str) -> tuple[list[dict], list[tuple[str, str]]]:
-    """occupations.tsv (occupation, article, female_pct) and templates.tsv (anchor, proposition)."""
-    tables = []
-    for name, cols in (
-        ("occupations.tsv", ["occupation", "article", "female_pct"]),
-        ("templates.tsv", ["anchor", "proposition"]),
+    """occupations.tsv (occupation, article, female_pct) and templates.tsv (anchor, proposition).
+
+    Anchors may name {occupation} and {a} (its article), propositions also the pronoun fields of
+    PRONOUNS; any other field, or a female_pct that is not a number, is reported by file and line.
+    """
+    occ_path = os.path.join(folder, "occupations.tsv")
+    occupations = []
+    for lineno, (occupation, article, pct) in evaluate.read_tsv(
+        occ_path, ("occupation", "article", "female_pct")
     ):
-        path = os.path.join(folder, name)
-        lines = read_lines(path)
-        if lines[0][1].split("\t") != cols:
-            raise evaluate.DataFileError(f"{path}:1: header must be {' '.join(cols)}")
-        rows = []
-        for lineno, line in lines[1:]:
-            parts = line.split("\t")
-            if len(parts) != len(cols):
-                raise evaluate.DataFileError(f"{path}:{lineno}: expected {len(cols)} columns")
-            rows.append(dict(zip(cols, parts, strict=True)))
-        tables.append(rows)
-    occupations, templates = tables
-    for o in occupations:
-        o["female_pct"] = float(o["female_pct"])
-    return occupations, [(t["anchor"], t["proposition"]) for t in templates]
+        try:
+            female_pct = float(pct)
+        except ValueError as e:
+            raise evaluate.DataFileError(
+                f"{occ_path}:{lineno}: female_pct {pct!r} is not a number"
+            ) from e
+        occupations.append({"occupation": occupation, "article": article, "female_pct": female_pct})
+    tpl_path = os.path.join(folder, "templates.tsv")
+    templates = []
+    words = {"occupation": "", "a": ""}
+    for lineno, (anchor, prop) in evaluate.read_tsv(tpl_path, ("anchor", "proposition")):
+        for column, text, fields in (
+            ("anchor", anchor, words),
+            ("proposition", prop, {**words, **PRONOUNS["male"]}),
+        ):
+            try:
+                text.format(**fields)
+            except (KeyError, IndexError, ValueError) as e:
+                raise evaluate.DataFileError(
+                    f"{tpl_path}:{lineno}: {column} {text!r} has a field other than "
+                    f"{', '.join('{' + f + '}' for f in fields)} ({type(e).__name__}: {e})"
+                ) from e
+        templates.append((anchor, prop))
+    for path, rows in ((occ_path, occupations), (tpl_path, templates)):
+        if not rows:
+            raise evaluate.DataFileError(f"{path}: no rows after the header")
+    return occupations, templates
 
 
 def bias_eval(m: convert.LoadedModel, folder: str, batch_size: int = 64) -> dict:

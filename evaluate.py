@@ -115,7 +115,7 @@ def _read_gzip_lines(path: str) -> list[str]:
         raise DataFileError(f"{path}: cannot read as {kind} text ({e})") from e
 
 
-def _read_tsv(path: str, columns: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
+def read_tsv(path: str, columns: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
     """(line number, values of `columns`) per non-blank row of a TSV whose header names them.
 
     No quoting: a quote is text. Errors name the file and line.
@@ -140,7 +140,7 @@ def _read_tsv(path: str, columns: Sequence[str]) -> Iterator[tuple[int, list[str
 def read_sts(path: str) -> tuple[list[str], list[str], np.ndarray]:
     """An STS TSV (gzip when named .gz; header sentence1, sentence2, score) -> columns."""
     s1, s2, scores = [], [], []
-    for lineno, (a, b, raw) in _read_tsv(path, ("sentence1", "sentence2", "score")):
+    for lineno, (a, b, raw) in read_tsv(path, ("sentence1", "sentence2", "score")):
         try:
             score = float(raw)
         except ValueError as e:
@@ -214,7 +214,7 @@ def read_beir_corpus(path: str) -> tuple[list[str], list[str]]:
 def read_qrels(path: str) -> dict[str, dict[str, int]]:
     """A qrels TSV (header query-id, corpus-id, score: an integer grade) -> {qid: {doc: grade}}."""
     qrels: dict[str, dict[str, int]] = {}
-    for lineno, (qid, doc, raw) in _read_tsv(path, ("query-id", "corpus-id", "score")):
+    for lineno, (qid, doc, raw) in read_tsv(path, ("query-id", "corpus-id", "score")):
         try:
             grade = int(raw)
         except ValueError as e:

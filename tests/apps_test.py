@@ -237,6 +237,39 @@ def test_shipped_bias_templates_differ_only_by_pronoun():
             assert diff and diff <= counterparts
 
 
+def test_bias_template_errors_name_file_and_line(tmp_path):
+    shipped = os.path.join(apps.HERE, "sample_data", "bias")
+
+    def folder(name, occupations=None, templates=None):
+        d = tmp_path / name
+        d.mkdir()
+        for file, text in (("occupations.tsv", occupations), ("templates.tsv", templates)):
+            if text is None:
+                with open(os.path.join(shipped, file)) as f:
+                    text = f.read()
+            (d / file).write_text(text)
+        return str(d)
+
+    bad = {
+        "pct": ("occupation\tarticle\tfemale_pct\nnurse\ta\tninety\n", None),
+        "field": (None, "anchor\tproposition\nThe {job} sings.\t{Pronoun} sings.\n"),
+        "pronoun_in_anchor": (None, "anchor\tproposition\n{Pronoun} sings.\tThe {occupation}.\n"),
+        "header": ("occupation\tfemale_pct\nnurse\t90\n", None),
+        "empty": (None, "anchor\tproposition\n\n"),
+    }
+    expected = {
+        "pct": r"occupations\.tsv:2: female_pct 'ninety' is not a number",
+        "field": r"templates\.tsv:2: anchor 'The \{job\} sings\.' has a field other than "
+        r"\{occupation\}, \{a\} \(KeyError",
+        "pronoun_in_anchor": r"templates\.tsv:2: anchor '\{Pronoun\} sings\.' has a field other",
+        "header": r"occupations\.tsv:1: header must name columns occupation, article, female_pct",
+        "empty": r"templates\.tsv: no rows after the header",
+    }
+    for name, (occupations, templates) in bad.items():
+        with pytest.raises(evaluate.DataFileError, match=expected[name]):
+            apps.read_bias_templates(folder(name, occupations, templates))
+
+
 def test_bias_matches_a_direct_computation(ref, tmp_path, capsys):
     folder = tmp_path / "bias"
     folder.mkdir()
