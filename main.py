@@ -7,7 +7,7 @@ config -> mesh -> state -> jitted, shard_mapped train step -> loop (log, evaluat
 hyper-parameter is a config field (configs/base.py); flags only pick the config and the workdir,
 and, for a multi-host run (the same command in every process), the process topology:
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or --distributed where JAX
-finds them itself (Cloud TPU, Slurm, Open MPI). See README_multihost.md.
+finds them itself (Cloud TPU, Slurm, Open MPI). See README.md, "Multi-host training".
 Shape letters: B rows (examples) of the global batch, C columns (anchor, positive, negatives),
 L tokens, D embedding width.
 """
@@ -718,7 +718,7 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/base.py:demo")
     flags.DEFINE_string("workdir", None, "run folder: checkpoints, metrics.jsonl, export/")
-    # Multi-host runs only (README_multihost.md); else from JAX_COORDINATOR_ADDRESS etc.
+    # Multi-host only (README.md, "Multi-host training"); else JAX_COORDINATOR_ADDRESS etc.
     flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordinator")
     flags.DEFINE_integer("num_processes", None, "processes in the run (one per host)")
     flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)")
