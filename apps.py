@@ -307,7 +307,7 @@ def read_bias_templates(folder: str) -> tuple[list[dict], list[tuple[str, str]]]
                 text.format(**fields)
             except (KeyError, IndexError, ValueError) as e:
                 raise evaluate.DataFileError(
-                    f"{tpl_path}:{lineno}: {column} {text!r} has a field other than "
+                    f"{tpl_path}:{lineno}: {column} {text!r} cannot be filled from the fields "
                     f"{', '.join('{' + f + '}' for f in fields)} ({type(e).__name__}: {e})"
                 ) from e
         templates.append((anchor, prop))

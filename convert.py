@@ -246,7 +246,9 @@ def _pooling_mode(pool_cfg: Any, pool_path: str) -> str:
         mode = pool_cfg["pooling_mode"]
         modes = [mode] if isinstance(mode, str) else mode
         if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
-            raise ModelFolderError(f"{pool_path}: field 'pooling_mode' should be a string")
+            raise ModelFolderError(
+                f"{pool_path}: field 'pooling_mode' should be a name or a list of names"
+            )
         if len(modes) != 1 or modes[0] not in model_lib.POOLING_MODES:
             raise ModelFolderError(
                 f"{pool_path}: field 'pooling_mode' {mode!r} is not supported "
@@ -354,7 +356,8 @@ def load_model(path: str) -> LoadedModel:
     if max_len is None:  # sentence-transformers 6 keeps the limit in the tokenizer config
         positions = cfg.max_position_embeddings - cfg.position_offset
         tok_path = os.path.join(tdir, "tokenizer_config.json")
-        tok_max = (_read_json(tok_path) if os.path.exists(tok_path) else {}).get("model_max_length")
+        tok_cfg = _read_json(tok_path) if os.path.exists(tok_path) else {}
+        tok_max = tok_cfg.get("model_max_length") if isinstance(tok_cfg, dict) else None
         if isinstance(tok_max, int) and tok_max <= positions:
             max_len, source = tok_max, f"{tok_path}: field 'model_max_length'"
         else:  # absent, or transformers' ~1e30 for "no limit": the position table's, <= 512

@@ -259,9 +259,9 @@ def test_bias_template_errors_name_file_and_line(tmp_path):
     }
     expected = {
         "pct": r"occupations\.tsv:2: female_pct 'ninety' is not a number",
-        "field": r"templates\.tsv:2: anchor 'The \{job\} sings\.' has a field other than "
+        "field": r"templates\.tsv:2: anchor 'The \{job\} sings\.' cannot be filled from the fields "
         r"\{occupation\}, \{a\} \(KeyError",
-        "pronoun_in_anchor": r"templates\.tsv:2: anchor '\{Pronoun\} sings\.' has a field other",
+        "pronoun_in_anchor": r"templates\.tsv:2: anchor '\{Pronoun\} sings\.' cannot be filled",
         "header": r"occupations\.tsv:1: header must name columns occupation, article, female_pct",
         "empty": r"templates\.tsv: no rows after the header",
     }

@@ -186,6 +186,9 @@ def test_pooling_mode_field_of_sentence_transformers_6(tmp_path):
             match=r"1_Pooling/config\.json: field 'pooling_mode' .* is not supported",
         ):
             convert.load_model(str(d))
+    _edit_json(d / "1_Pooling" / "config.json", pooling_mode=3)
+    with pytest.raises(convert.ModelFolderError, match="should be a name or a list of names"):
+        convert.load_model(str(d))
     # Without max_seq_length the tokenizer config's model_max_length is the limit, unless it is
     # transformers' "no limit" (~1e30): then the position table's, at most 512.
     d2 = _copy(tmp_path / "b")
