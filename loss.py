@@ -55,12 +55,12 @@ def _scores(scale: float, query_BxD: jax.Array, candidate_NxD: jax.Array) -> jax
 def gather_rows(x: jax.Array, axis_name: str) -> jax.Array:
     """`all_gather(x, axis_name, tiled=True)` whose gradient is a psum and this device's slice.
 
-    The plain gather's transpose is a reduce-scatter. Under XLA:CPU's gloo collectives (multi-
-    process CPU runs), a reduce-scatter followed by the gradient all-reduce stalled that
-    all-reduce for about 3.5 s per step (2 processes x 2 devices; 0.4-0.8 s with one device
-    each); psum + slice of the same [G*B, D] cotangent took under 0.1 s. Same values either way;
-    on accelerators XLA may turn the pair back into a reduce-scatter, and it is tiny next to the
-    parameter gradients.
+    The plain gather's transpose is a reduce-scatter. In multi-process CPU runs (XLA:CPU's gloo
+    collectives), the train step with it spent 3.6 s per step in the gradient all-reduce (2
+    processes x 2 devices, with or without GradCache); with this gradient the steps take
+    0.1-0.15 s. An empirical workaround: bench_collectives.py stalls with either form, and the
+    cause inside XLA is not known. Same values either way; the [G*B, D] cotangent it sums is
+    small next to the parameter gradients, and accelerators run it over ICI/NCCL.
     """
     return jax.lax.all_gather(x, axis_name, tiled=True)
 
