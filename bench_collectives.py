@@ -16,9 +16,9 @@ Process 0 prints one JSON line per program with the fastest and the median call 
 On the 2-core VM of the README, with 2 devices per process: all_gather 0.06-0.11 s,
 all_gather+reduce_scatter 3.3-3.4 s, and all_gather+psum_slice 3.2-3.4 s as well. So this
 program stalls when a second collective sits between the gather and the gradient all-reduce,
-whichever it is, while in the real train step (`main.py`, smoke
-config, 2 processes x 2 devices, with and without GradCache) the reduce-scatter version spent
-3.6 s per step in the gradient all-reduce and `loss.gather_rows` steps in 0.1-0.15 s. The cause
+whichever it is, while in the real train step (`main.py`, smoke config, 2 processes x 2
+devices, with and without GradCache) the reduce-scatter version spent 3.6 s per step in the
+gradient all-reduce and `loss.gather_rows` (the same psum + slice) steps in 0.1-0.15 s. The cause
 inside XLA:CPU's gloo collectives is not known; this script is the reproduction to start from.
 The stall grows with the size of the all-reduce: with a table of 4096, 8192, 16384 and 30522
 rows (0.5, 1, 2 and 3.9 MB) the reduce-scatter program took 0.14, 0.53, 1.4 and 3.3 s, and with
