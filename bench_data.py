@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import data
+import sources
 
 
 def _generate(path: str, lines: int) -> None:
@@ -38,7 +39,7 @@ def _generate(path: str, lines: int) -> None:
 def _iterate(folder: str, batch_size: int) -> dict:
     """One pass over the single dataset in `folder`; runs in a child process."""
     start = time.perf_counter()
-    specs = data.find_datasets(folder, workdir=folder)
+    specs = sources.find_datasets(folder, workdir=folder)
     loader = data.MixtureLoader(specs, batch_size=batch_size, seed=0, datasets_per_batch=1)
     rows = 0
     while loader.stats()["passes"][specs[0].name] == 0:
@@ -91,7 +92,7 @@ def bench_throughput(batches: int, batch_size: int) -> dict:
 
     def fresh():
         return data.MixtureLoader(
-            data.find_datasets(data.SAMPLE_DATA_DIR, workdir=tempfile.gettempdir()),
+            sources.find_datasets(data.SAMPLE_DATA_DIR, workdir=tempfile.gettempdir()),
             batch_size=batch_size,
             seed=0,
         )

@@ -25,6 +25,7 @@ import safetensors.numpy
 import tokenizers
 from absl import app, flags
 
+import data as data_lib
 import model as model_lib
 
 # Files of a tokenizer that export copies verbatim (whichever of them the source folder has).
@@ -64,7 +65,7 @@ class LoadedModel:
 
     @property
     def pad_id(self) -> int:
-        return pad_token_id(self.tokenizer, self.config.pad_token_id)
+        return data_lib.pad_id_of(self.tokenizer, self.config.pad_token_id)
 
     def embed_fn(self, num_segments: int = 1) -> hk.Transformed:
         return model_lib.make_embed_fn(self.config, self.pooling, self.normalize, num_segments)
@@ -209,29 +210,12 @@ def hf_config_for(cfg: model_lib.EncoderConfig, base: Mapping[str, Any] | None =
     return out
 
 
-def pad_token_id(tokenizer: tokenizers.Tokenizer, default: int = 0) -> int:
-    """The id of the tokenizer's padding token ([PAD], <pad>), else `default`."""
-    for token in ("[PAD]", "<pad>"):
-        idx = tokenizer.token_to_id(token)
-        if idx is not None:
-            return idx
-    return default
-
-
 def load_tokenizer(folder: str, max_length: int) -> tokenizers.Tokenizer:
-    """tokenizer.json with its fixed padding turned off and truncation at `max_length`."""
-    path = os.path.join(folder, "tokenizer.json")
-    if not os.path.exists(path):
-        raise ModelFolderError(f"{path}: file is missing (only fast-tokenizer folders are read)")
+    """The folder's tokenizer.json, fixed padding off, truncation at `max_length` (data.py's)."""
     try:
-        tok = tokenizers.Tokenizer.from_file(path)
-    except Exception as e:  # tokenizers raises a bare Exception on a bad file
-        raise ModelFolderError(f"{path}: not a valid tokenizer file ({e})") from e
-    # Many tokenizer.json files pad every text to a fixed length: that would make us embed
-    # padding and waste compute; padding is done per batch by our own code.
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_length, strategy="longest_first")
-    return tok
+        return data_lib.load_tokenizer(folder, max_length)
+    except (FileNotFoundError, ValueError) as e:
+        raise ModelFolderError(str(e)) from e
 
 
 def _pooling_mode(pool_cfg: Any, pool_path: str) -> str:

@@ -1,14 +1,15 @@
-"""Streaming mixed-dataset loader: readers, mixture sampling, batch composition, tokenization.
+"""Streaming mixed-dataset loader: mixture sampling, batch composition, tokenization.
 
-NumPy only (no torch, tf.data or HF datasets). The pipeline has two separate stages so that a
-packer can later replace the second one:
+NumPy only (no torch, tf.data or HF datasets). The files themselves (formats, weights, one
+dataset's shuffled stream) are `sources.py`'s. The pipeline has two separate stages:
 
 1. Composition (`MixtureLoader`): streams examples, tuples of strings `(anchor, positive,
    *negatives)`, from many jsonl(.gz) datasets, mixes them by weight into global batches of
    `datasets_per_batch` single-dataset chunks, keeps every text unique within a global batch, and
    returns this process's rows. Its `state()` is a small JSON dict from which a new loader
    continues with exactly the batches the old one would have produced.
-2. Featurization (`tokenize`): HF tokenizer, static NumPy shapes.
+2. Featurization: `tokenize` here (one text per row, padded to max_seq_len or a bucket length),
+   used by this module's CLI and bench_data.py; the train step uses `packing.featurize`.
 
 `Prefetcher` runs both in a background thread and yields `(arrays, state_after_batch)`.
 
@@ -22,377 +23,26 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
 import itertools
 import json
 import os
 import queue
-import re
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
 
+from sources import DatasetSpec, DatasetStream, find_datasets
+
 SAMPLE_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_data", "train")
-_SUFFIXES = (".jsonl", ".jsonl.gz")
-_LINE_CACHE = ".line_counts.json"
 _LOG_FIRST_BAD = 5  # bad lines logged per file; the rest are only counted.
 _STATE_VERSION = 1
 # Constants mixed into seeds so that different random streams never share a SeedSequence.
-_TAG_MIX, _TAG_BLOCK, _TAG_SHARDS = 0x6D6978, 0x626C6B, 0x736872
-# A JSON "\ud800"-style escape can decode to a lone surrogate, which is not encodable text.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")
-
-
-# ----------------------------------------------------------------------------- line parsing
-
-
-class BadLine(ValueError):
-    """A line that is skipped; `reason` is the key under which it is counted."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _str_list(value: Any) -> list[str]:
-    """A JSON value that may be one string or a list of strings (e.g. "neg")."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise BadLine("wrong_type")
-
-
-def parse_line(raw: bytes, key: int = 0) -> tuple[str, ...]:
-    """One jsonl line -> `(anchor, positive, *negatives)`, or raises `BadLine(reason)`.
-
-    Formats: `[anchor, positive, neg...]`, `{"query", "pos", "neg"}`, `{"set": [...]}` and
-    `{"anchor", "positive", "negative"}`. `key` is a random integer fixed per line by the
-    shuffle, used to pick the pair of a "set" and the positive of a "pos" list, so that the
-    choice is reproducible on resume.
-    """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadLine("invalid_utf8") from None
-    if not text.strip():
-        raise BadLine("blank_line")
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        raise BadLine("malformed_json") from None
-    if isinstance(obj, list):
-        texts = obj
-    elif isinstance(obj, dict) and "set" in obj:
-        members = _str_list(obj["set"])
-        if any(not m.strip() for m in members):
-            raise BadLine("empty_text")
-        members = list(dict.fromkeys(members))  # distinct, in order
-        if len(members) < 2:
-            raise BadLine("too_few_texts")
-        m = len(members)
-        i, j = key % m, (key // m) % (m - 1)
-        texts = [members[i], members[j + (j >= i)]]
-    elif isinstance(obj, dict) and "query" in obj:
-        pos = _str_list(obj.get("pos"))
-        if not pos:
-            raise BadLine("too_few_texts")
-        texts = [obj["query"], pos[key % len(pos)], *_str_list(obj.get("neg"))]
-    elif isinstance(obj, dict) and "anchor" in obj and "positive" in obj:
-        texts = [obj["anchor"], obj["positive"], *_str_list(obj.get("negative"))]
-    else:
-        raise BadLine("wrong_type")
-    if not all(isinstance(t, str) for t in texts):
-        raise BadLine("wrong_type")
-    if len(texts) < 2:
-        raise BadLine("too_few_texts")
-    if any(not t.strip() for t in texts):
-        raise BadLine("empty_text")
-    if len(set(texts)) < len(texts):
-        # A negative equal to the positive (or anchor == positive) teaches nothing or worse.
-        raise BadLine("repeated_text")
-    if _SURROGATE_ESCAPE.search(raw):
-        try:
-            for t in texts:
-                t.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadLine("invalid_utf8") from None
-    return tuple(texts)
-
-
-# ----------------------------------------------------------------------------- datasets
-
-
-class DatasetSpec(NamedTuple):
-    """One dataset of the mixture: a file or a folder of shards."""
-
-    name: str  # path relative to `root`, as in data_config.json
-    root: str  # the data folder
-    files: tuple[str, ...]  # shard paths relative to `root`, sorted
-    lines: int  # line count (from the config, or counted and cached)
-    weight: float  # unnormalised sampling weight
-
-
-def _open(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb", buffering=1 << 20)
-
-
-def count_lines(path: str) -> int:
-    """Number of lines, streaming in 1 MiB chunks; a truncated .gz counts what is readable."""
-    n, last = 0, b"\n"
-    with _open(path) as f:
-        try:
-            while chunk := f.read1(1 << 20):  # read1: keeps what precedes damage
-                n += chunk.count(b"\n")
-                last = chunk
-        except (EOFError, OSError, zlib.error):
-            pass
-    return n + (not last.endswith(b"\n"))
-
-
-def _cached_line_counts(paths: Sequence[str], root: str, workdir: str | None) -> dict[str, int]:
-    """Line counts keyed by path; counted once, cached next to the data or in the workdir.
-
-    Entries carry size and mtime so that a changed file is recounted.
-    """
-    # Written to the workdir when there is one (the data folder may be shared or read-only),
-    # else next to the data; read from both.
-    caches = [os.path.join(root, _LINE_CACHE)]
-    if workdir:
-        caches.insert(0, os.path.join(workdir, "line_counts.json"))
-    cache: dict[str, Any] = {}
-    for c in caches:
-        if os.path.exists(c):
-            with open(c) as f:
-                cache.update(json.load(f))
-    counts, changed = {}, False
-    for p in paths:
-        full = os.path.realpath(p)
-        st = os.stat(full)
-        entry = cache.get(full)
-        if entry is None or entry["size"] != st.st_size or entry["mtime_ns"] != st.st_mtime_ns:
-            entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "lines": count_lines(full)}
-            cache[full], changed = entry, True
-        counts[p] = entry["lines"]
-    if changed:
-        for c in caches:
-            try:
-                os.makedirs(os.path.dirname(c), exist_ok=True)
-                tmp = f"{c}.{os.getpid()}.tmp"
-                with open(tmp, "w") as f:
-                    json.dump(cache, f)
-                os.replace(tmp, c)  # atomic: processes counting concurrently never see half
-                break
-            except OSError:
-                continue  # read-only data folder: fall back to the workdir
-    return counts
-
-
-def _shards(root: str, name: str) -> tuple[str, ...]:
-    path = os.path.join(root, name)
-    if os.path.isfile(path):
-        return (name,)
-    found = []
-    for dirpath, _, filenames in os.walk(path):
-        for fn in filenames:
-            if fn.endswith(_SUFFIXES) and not fn.startswith("."):
-                found.append(os.path.relpath(os.path.join(dirpath, fn), root))
-    return tuple(sorted(found))
-
-
-def find_datasets(
-    data_dir: str,
-    *,
-    config_file: str = "",
-    temperature: float = 1.0,
-    workdir: str | None = None,
-) -> list[DatasetSpec]:
-    """The datasets of a mixture, from a data_config.json or from every dataset in a folder.
-
-    With `config_file` (a list of `{"name", "lines", "weight"}`), names are relative to
-    `data_dir`, or to the config's folder when `data_dir` is empty. Without it, each
-    `*.jsonl[.gz]` file or sub-folder of shards in `data_dir` is a dataset weighted by
-    `lines ** (1 / temperature)`. Missing files raise `FileNotFoundError` naming them.
-    """
-    if config_file:
-        root = data_dir or os.path.dirname(os.path.abspath(config_file))
-        with open(config_file) as f:
-            entries = json.load(f)
-        if not isinstance(entries, list) or not all(
-            isinstance(e, dict) and "name" in e and "weight" in e for e in entries
-        ):
-            raise ValueError(f"{config_file}: expected a list of {{name, lines, weight}}")
-        missing = [e["name"] for e in entries if not os.path.exists(os.path.join(root, e["name"]))]
-        if missing:
-            raise FileNotFoundError(
-                f"{config_file}: {len(missing)} dataset(s) not found in {root}: "
-                + ", ".join(missing[:10])
-                + (" ..." if len(missing) > 10 else "")
-            )
-        names = [e["name"] for e in entries]
-        weights = [float(e["weight"]) for e in entries]
-        lines = [e.get("lines") for e in entries]
-    else:
-        root = data_dir
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"data folder not found: {root}")
-        names = sorted(
-            n
-            for n in os.listdir(root)
-            if not n.startswith(".")
-            and (
-                n.endswith(_SUFFIXES) or (os.path.isdir(os.path.join(root, n)) and _shards(root, n))
-            )
-        )
-        if not names:
-            raise FileNotFoundError(f"no *.jsonl or *.jsonl.gz datasets in {root}")
-        weights, lines = [], [None] * len(names)
-    shards = {n: _shards(root, n) for n in names}
-    empty = [n for n in names if not shards[n]]
-    if empty:
-        raise FileNotFoundError(f"datasets without *.jsonl[.gz] shards: {', '.join(empty)}")
-    uncounted = [
-        os.path.join(root, s)
-        for n, c in zip(names, lines, strict=True)
-        if c is None
-        for s in shards[n]
-    ]
-    counts = _cached_line_counts(uncounted, root, workdir) if uncounted else {}
-    lines = [
-        c if c is not None else sum(counts[os.path.join(root, s)] for s in shards[n])
-        for n, c in zip(names, lines, strict=True)
-    ]
-    if not config_file:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        weights = [float(c) ** (1.0 / temperature) for c in lines]
-    return [
-        DatasetSpec(n, root, shards[n], int(c), w)
-        for n, c, w in zip(names, lines, weights, strict=True)
-    ]
-
-
-# ----------------------------------------------------------------------------- one dataset
-
-
-class _Stream:
-    """Endless block-shuffled reader of one dataset, with a position that fits in JSON.
-
-    Reads `shuffle_buffer` raw lines at a time and emits them in a permutation seeded by
-    (seed, dataset, pass, shard, byte offset), so memory is bounded by the buffer and a block
-    is rebuilt on resume by seeking to its offset. Shards are re-ordered and files reopened on
-    every pass.
-    """
-
-    def __init__(self, spec: DatasetSpec, seed: int, shuffle_buffer: int, loader: MixtureLoader):
-        self.spec, self.seed, self.buffer, self.loader = spec, seed, shuffle_buffer, loader
-        self.name_key = zlib.crc32(spec.name.encode())
-        self.deferred: collections.deque[tuple[str, ...]] = collections.deque()
-        self.restore({"pass": 0, "shard": 0, "offset": 0, "line": 0, "block_lines": 0})
-        self.valid_in_pass = False
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "pass": self.pass_,
-            "shard": self.shard,
-            "offset": self.offset,
-            "line": self.line,
-            "block_lines": self.block_lines,
-            "end": self.end,
-            "index": self.index,
-            "deferred": [list(ex) for ex in self.deferred],
-        }
-
-    def restore(self, st: dict[str, Any]) -> None:
-        self.close()
-        self.pass_, self.shard = st["pass"], st["shard"]
-        self.offset, self.line = st["offset"], st["line"]
-        self.block_lines, self.end = st["block_lines"], st.get("end", False)
-        self.index = st.get("index", 0)
-        self.deferred = collections.deque(tuple(ex) for ex in st.get("deferred", ()))
-        self.valid_in_pass = True  # unknown for a pass resumed midway: do not raise on it
-        self._block: list[bytes] | None = None
-
-    def close(self) -> None:
-        if getattr(self, "_file", None) is not None:
-            self._file.close()
-        self._file = None
-
-    def buffered(self) -> int:
-        return len(self._block) if self._block is not None else 0
-
-    def _shard_path(self) -> str:
-        files = self.spec.files
-        if len(files) > 1:
-            rng = np.random.default_rng([self.seed, self.name_key, self.pass_, _TAG_SHARDS])
-            files = [files[i] for i in rng.permutation(len(files))]
-        return files[self.shard]
-
-    def _load_block(self) -> None:
-        """Reads the block at (shard, offset): the recorded size on resume, else a full buffer."""
-        rel = self._shard_path()
-        if self._file is None:
-            self._file = _open(os.path.join(self.spec.root, rel))
-            if self.offset:
-                self._file.seek(self.offset)  # gzip: decompresses up to the offset, once
-        resuming = self.block_lines > 0
-        want = self.block_lines if resuming else self.buffer
-        lines: list[bytes] = []
-        try:
-            while len(lines) < want and (raw := self._file.readline()):
-                lines.append(raw)
-        except (EOFError, OSError, zlib.error):
-            if not resuming:  # on resume, this truncation was counted before the state was saved
-                self.loader._count_bad(rel, self.line + len(lines) + 1, "truncated_gzip")
-            self.end = True
-        if not resuming:
-            self.end = self.end or len(lines) < want
-        self.block_lines, self._block_bytes = len(lines), sum(map(len, lines))
-        rng = np.random.default_rng(
-            [self.seed, self.name_key, self.pass_, self.shard, self.offset, _TAG_BLOCK]
-        )
-        self._order = rng.permutation(len(lines))
-        self._keys = rng.integers(0, 2**62, size=len(lines))
-        self._block, self._rel = lines, rel
-
-    def _next_block(self) -> None:
-        if self.end or self.block_lines == 0:
-            self.close()
-            self.shard, self.offset, self.line = self.shard + 1, 0, 0
-            if self.shard == len(self.spec.files):
-                if not self.valid_in_pass:
-                    raise ValueError(f"dataset {self.spec.name}: a whole pass had no valid line")
-                self.pass_, self.shard, self.valid_in_pass = self.pass_ + 1, 0, False
-        else:
-            self.offset += self._block_bytes
-            self.line += self.block_lines
-        self.block_lines, self.end, self.index, self._block = 0, False, 0, None
-
-    def next_example(self) -> tuple[str, ...]:
-        while True:
-            if self._block is None:
-                self._load_block()
-            if self.index >= len(self._block):
-                self._next_block()
-                continue
-            i = int(self._order[self.index])
-            self.index += 1
-            self.loader._lines_read[self._rel] += 1
-            try:
-                ex = parse_line(self._block[i], int(self._keys[i]))
-            except BadLine as e:
-                self.loader._count_bad(self._rel, self.line + i + 1, e.reason)
-                continue
-            self.valid_in_pass = True
-            return ex
+_TAG_MIX = 0x6D6978
 
 
 # ----------------------------------------------------------------------------- the mixture
@@ -452,7 +102,7 @@ class MixtureLoader:
         self.chunk_sizes = [
             len(a) for a in np.array_split(np.arange(batch_size), datasets_per_batch)
         ]
-        self._streams = [_Stream(d, seed, shuffle_buffer, self) for d in datasets]
+        self._streams = [DatasetStream(d, seed, shuffle_buffer, self) for d in datasets]
         self._by_name = dict(zip(names, self._streams, strict=True))
         self._logged: collections.Counter[str] = collections.Counter()
         self.last_composition: list[str] = []
@@ -514,7 +164,7 @@ class MixtureLoader:
     def _check_startup(self, shuffle_buffer: int) -> None:
         """Fails now, naming the dataset, rather than hours into a run."""
         for s in self._streams:
-            probe = _Stream(s.spec, 0, min(shuffle_buffer, 1000), self)
+            probe = DatasetStream(s.spec, 0, min(shuffle_buffer, 1000), self)
             try:
                 probe.next_example()
             except ValueError as e:
@@ -535,7 +185,10 @@ class MixtureLoader:
         self._examples: collections.Counter[str] = collections.Counter()
         self._neg_cut = self._deferred_total = self._deferred_dropped = 0
 
-    def _count_bad(self, rel: str, line: int, reason: str) -> None:
+    def line_read(self, rel: str) -> None:
+        self._lines_read[rel] += 1
+
+    def bad_line(self, rel: str, line: int, reason: str) -> None:
         self._skipped.setdefault(rel, collections.Counter())[reason] += 1
         self._logged[rel] += 1
         if self._logged[rel] <= _LOG_FIRST_BAD:
@@ -547,7 +200,7 @@ class MixtureLoader:
         rng = np.random.default_rng([self.seed, step // self.steps_per_dataset, _TAG_MIX])
         return rng.choice(len(self._streams), size=len(self.chunk_sizes), p=self.probs)
 
-    def _fill(self, stream: _Stream, size: int, seen: set[str]) -> list[tuple[str, ...]]:
+    def _fill(self, stream: DatasetStream, size: int, seen: set[str]) -> list[tuple[str, ...]]:
         out: list[tuple[str, ...]] = []
 
         def accept(ex: tuple[str, ...]) -> bool:
@@ -662,24 +315,40 @@ class MixtureLoader:
 
 
 def load_tokenizer(path: str, max_seq_len: int):
-    """A `tokenizers.Tokenizer` from a model folder or tokenizer.json: no padding, truncation."""
+    """A `tokenizers.Tokenizer` from a model folder or tokenizer.json: no padding, truncation.
+
+    Raises FileNotFoundError / ValueError naming the file (convert.py turns them into its
+    ModelFolderError).
+    """
     from tokenizers import Tokenizer
 
     if os.path.isdir(path):
         path = os.path.join(path, "tokenizer.json")
-    tok = Tokenizer.from_file(path)
-    tok.no_padding()  # tokenizer.json files often pin padding to a fixed length
-    tok.enable_truncation(max_length=max_seq_len)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: file is missing (only fast-tokenizer folders are read)")
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises a bare Exception on a bad file
+        raise ValueError(f"{path}: not a valid tokenizer file ({e})") from e
+    # Many tokenizer.json files pad every text to a fixed length: that would make us embed
+    # padding and waste compute; padding is done per batch by our own code.
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_seq_len, strategy="longest_first")
     return tok
 
 
-def pad_id_of(tokenizer) -> int:
-    """The id of the tokenizer's padding token ([PAD] = 0 for BERT, <pad> = 1 for RoBERTa)."""
+def pad_id_of(tokenizer, default: int | None = None) -> int:
+    """The id of the tokenizer's padding token ([PAD] = 0 for BERT, <pad> = 1 for RoBERTa).
+
+    A tokenizer without a known padding token gives `default`, or raises when there is none.
+    """
     if tokenizer.padding is not None:
         return tokenizer.padding["pad_id"]
     for tok in ("[PAD]", "<pad>", "<|padding|>", "<|pad|>", "[pad]"):
         if (i := tokenizer.token_to_id(tok)) is not None:
             return i
+    if default is not None:
+        return default
     raise ValueError("tokenizer has no known padding token: pass pad_id explicitly")
 
 

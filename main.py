@@ -146,7 +146,7 @@ def build_model(config: ml_collections.ConfigDict) -> convert.LoadedModel:
         tok_dir = mc.tokenizer
         tokenizer = convert.load_tokenizer(tok_dir, config.data.max_seq_len)
         family = mc.model_type
-        pad = convert.pad_token_id(tokenizer, 0 if family in ("bert", "distilbert") else 1)
+        pad = data_lib.pad_id_of(tokenizer, 0 if family in ("bert", "distilbert") else 1)
         cfg = model_lib.EncoderConfig(
             model_type=family,
             vocab_size=tokenizer.get_vocab_size(),

