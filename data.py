@@ -1,4 +1,4 @@
-"""Streaming mixed-dataset loader: mixture sampling, batch composition, tokenization.
+"""Streaming mixed-dataset loader: mixture sampling, batch composition, tokenizer, prefetch.
 
 NumPy only (no torch, tf.data or HF datasets). The files themselves (formats, weights, one
 dataset's shuffled stream) are `sources.py`'s. The pipeline has two separate stages:
@@ -8,13 +8,10 @@ dataset's shuffled stream) are `sources.py`'s. The pipeline has two separate sta
    `datasets_per_batch` single-dataset chunks, keeps every text unique within a global batch, and
    returns this process's rows. Its `state()` is a small JSON dict from which a new loader
    continues with exactly the batches the old one would have produced.
-2. Featurization: `tokenize` here (one text per row, padded to max_seq_len or a bucket length),
-   used by this module's CLI and bench_data.py; the train step uses `packing.featurize`.
+2. Featurization (`packing.featurize`): the tokenizer (`load_tokenizer`, `pad_id_of` here),
+   then texts packed several to a row of tokens, or one per row, in static NumPy shapes.
 
 `Prefetcher` runs both in a background thread and yields `(arrays, state_after_batch)`.
-
-Shape letters: B rows of this process's batch, C = 2 + max_negatives columns (anchor,
-positive, negatives), L sequence length (max_seq_len or a bucket length).
 
 Debug CLI: `python data.py --data=DIR_OR_CONFIG --tokenizer=PATH [--batches=N]`.
 """
@@ -23,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import json
 import os
 import queue
@@ -36,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
+import packing
 from sources import DatasetSpec, DatasetStream, find_datasets
 
 SAMPLE_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_data", "train")
@@ -352,56 +349,6 @@ def pad_id_of(tokenizer, default: int | None = None) -> int:
     raise ValueError("tokenizer has no known padding token: pass pad_id explicitly")
 
 
-def tokenize(
-    examples: Sequence[tuple[str, ...]],
-    tokenizer,
-    *,
-    max_seq_len: int,
-    max_negatives: int,
-    bucket_lengths: Sequence[int] = (),
-    pad_id: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Examples -> `ids_BxCxL` int32, `mask_BxCxL` int32, `valid_BxC` bool.
-
-    C = 2 + max_negatives; absent negatives are invalid columns of padding. L is max_seq_len,
-    or the smallest of `bucket_lengths` that holds the batch's longest text (static shapes:
-    XLA compiles once per distinct L).
-    """
-    if any(not 0 < b <= max_seq_len for b in bucket_lengths):
-        raise ValueError(f"bucket_lengths {bucket_lengths} must lie in [1, {max_seq_len}]")
-    pad = pad_id_of(tokenizer) if pad_id is None else pad_id
-    num_cols = 2 + max_negatives
-    valid_BxC = np.zeros((len(examples), num_cols), bool)
-    texts, slots = [], []
-    for b, ex in enumerate(examples):
-        if not 2 <= len(ex) <= num_cols:
-            raise ValueError(f"example {b} has {len(ex)} texts, expected 2..{num_cols}")
-        valid_BxC[b, : len(ex)] = True
-        texts.extend(ex)
-        slots.extend(range(b * num_cols, b * num_cols + len(ex)))
-    # encode_batch_fast skips offsets: about twice the speed of encode_batch.
-    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-    token_ids = [e.ids[:max_seq_len] for e in encode(texts)] if texts else []
-    lens = np.fromiter(map(len, token_ids), np.int64, len(token_ids))
-    longest = int(lens.max(initial=0))
-    seq_len = min((b for b in bucket_lengths if b >= longest), default=max_seq_len)
-    ids_NxL = np.full((valid_BxC.size, seq_len), pad, np.int32)
-    mask_NxL = np.zeros((valid_BxC.size, seq_len), np.int32)
-    rows = np.asarray(slots, np.int64)
-    real_TxL = np.arange(seq_len)[None, :] < lens[:, None]
-    mask_NxL[rows] = real_TxL
-    # Row-major boolean assignment fills each row's leading positions with its token ids.
-    ids_NxL[mask_NxL.astype(bool)] = np.fromiter(
-        itertools.chain.from_iterable(token_ids), np.int32, int(lens.sum())
-    )
-    shape = (len(examples), num_cols, seq_len)
-    return {
-        "ids_BxCxL": ids_NxL.reshape(shape),
-        "mask_BxCxL": mask_NxL.reshape(shape),
-        "valid_BxC": valid_BxC,
-    }
-
-
 # ----------------------------------------------------------------------------- prefetching
 
 
@@ -528,8 +475,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     for _ in range(args.batches):
         examples = loader.next_examples()
-        arrays = tokenize(
-            examples, tok, max_seq_len=args.max_seq_len, max_negatives=args.max_negatives
+        arrays = packing.featurize(
+            examples,
+            tok,
+            num_devices=1,
+            max_seq_len=args.max_seq_len,
+            max_negatives=args.max_negatives,
+            pad_id=pad_id_of(tok),
         )
         pairs += len(examples)
         sizes = loader.chunk_sizes

@@ -92,6 +92,8 @@ def featurize(
     `valid_BxC` (bool). `min_rows` lets all processes agree on R (multi-host).
     """
     num_cols = 2 + max_negatives
+    if any(not 0 < b <= max_seq_len for b in bucket_lengths):
+        raise ValueError(f"bucket_lengths {tuple(bucket_lengths)} must lie in [1, {max_seq_len}]")
     if len(examples) % num_devices:
         raise ValueError(f"{len(examples)} examples do not split over {num_devices} devices")
     per_device = len(examples) // num_devices

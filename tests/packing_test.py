@@ -77,6 +77,26 @@ def test_every_text_is_placed_with_its_tokens(tokenizer, examples, pack):
                 assert got == tokenizer.encode(ex[c]).ids[:64]
 
 
+def test_unpacked_rows_take_the_smallest_bucket_and_truncate(tokenizer):
+    kw = dict(num_devices=1, max_seq_len=64, max_negatives=0, pad_id=9, pack=False)
+    kw["bucket_lengths"] = (16, 8)
+
+    def featurize(a, b):
+        return packing.featurize([(a, b)], tokenizer, **kw)
+
+    short = featurize("hi", "yo")
+    assert short["ids_GRxL"].shape == (2, 8)
+    np.testing.assert_array_equal(short["segments_GRxL"][:, 3:], 0)  # [CLS] hi [SEP], padding
+    np.testing.assert_array_equal(short["ids_GRxL"][:, 3:], 9)
+    assert featurize("a b c d e f g", "yo")["ids_GRxL"].shape == (2, 16)
+    long = featurize("word " * 100, "yo")
+    assert long["ids_GRxL"].shape == (2, 64)  # longer than every bucket: max_seq_len
+    assert (long["segments_GRxL"][0] == 1).all()  # truncated to 64 tokens, not dropped
+    assert long["ids_GRxL"][0, -1] == tokenizer.token_to_id("[SEP]")
+    with pytest.raises(ValueError, match="bucket_lengths"):
+        packing.featurize([("hi", "yo")], tokenizer, **{**kw, "bucket_lengths": (128,)})
+
+
 def _tiny():
     cfg = model_lib.EncoderConfig(
         vocab_size=30522,
