@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -30,13 +29,13 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-import safetensors.numpy
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
+import checkpoint
 import convert
 import data as data_lib
 import evaluate
@@ -305,85 +304,6 @@ def make_featurizer(
     return featurize
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _save_checkpoint(
-    workdir: str, m: convert.LoadedModel, state: TrainState, loader_state: dict, keep: int
-) -> str:
-    """DIR/checkpoints/<step>/ = model/ (a sentence-transformers folder), optimizer, state.json.
-
-    Written under a temporary name, then renamed: a crash leaves no half checkpoint behind.
-    """
-    step = int(state.step)
-    root = os.path.join(workdir, convert.CHECKPOINTS)
-    final = os.path.join(root, f"{step:09d}")
-    tmp = os.path.join(root, f".tmp-{step:09d}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    host = jax.device_get(state)
-    convert.export_model(m, os.path.join(tmp, "model"), params=host.params)
-    leaves = jax.tree.leaves(host.opt_state)
-    safetensors.numpy.save_file(
-        {f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)},
-        os.path.join(tmp, "opt_state.safetensors"),
-    )
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump(
-            {
-                "step": step,
-                "rng": np.asarray(jax.random.key_data(host.rng)).tolist(),
-                "loader": loader_state,
-            },
-            f,
-        )
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    steps = sorted(int(n) for n in os.listdir(root) if n.isdigit())
-    for old in steps[:-keep]:
-        shutil.rmtree(os.path.join(root, f"{old:09d}"), ignore_errors=True)
-    return final
-
-
-def _restore_checkpoint(
-    workdir: str, m: convert.LoadedModel, template: TrainState
-) -> tuple[TrainState, dict] | None:
-    """The newest readable checkpoint (a corrupt one is skipped with a warning), or None."""
-    root = os.path.join(workdir, convert.CHECKPOINTS)
-    if not os.path.isdir(root):
-        return None
-    for step in sorted((int(n) for n in os.listdir(root) if n.isdigit()), reverse=True):
-        path = os.path.join(root, f"{step:09d}")
-        try:
-            restored = convert.load_model(os.path.join(path, "model"))
-            if restored.config != m.config:
-                raise ValueError("its model config differs from this run's")
-            tensors = safetensors.numpy.load_file(os.path.join(path, "opt_state.safetensors"))
-            leaves, treedef = jax.tree.flatten(template.opt_state)
-            if len(tensors) != len(leaves):
-                raise ValueError("its optimizer state does not match this run's optimizer")
-            opt_leaves = [tensors[f"{i:05d}"] for i in range(len(leaves))]
-            for want, got in zip(leaves, opt_leaves, strict=True):
-                if tuple(want.shape) != got.shape:
-                    raise ValueError("its optimizer state does not match this run's optimizer")
-            with open(os.path.join(path, "state.json")) as f:
-                meta = json.load(f)
-            rng = jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32))
-            state = TrainState(
-                restored.params,
-                jax.tree.unflatten(treedef, opt_leaves),
-                rng,
-                np.int32(meta["step"]),
-            )
-            return state, meta["loader"]
-        except Exception as e:  # any unreadable checkpoint: fall back to the previous one
-            logging.warning("checkpoint %s is unreadable (%s); trying the previous one", path, e)
-            print(
-                f"warning: checkpoint {path} is unreadable ({e}); using the previous one",
-                file=sys.stderr,
-            )
-    return None
-
-
 # ----------------------------------------------------------------------------- logging
 
 
@@ -567,7 +487,7 @@ def train(
 
     params = m.params
     fresh = TrainState(params, optimizer.init(params), jax.random.key(config.seed), np.int32(0))
-    restored = _restore_checkpoint(workdir, m, fresh)
+    restored = checkpoint.restore(workdir, m, fresh)
     loader_state = None
     if restored is not None:
         fresh, loader_state = restored
@@ -660,9 +580,7 @@ def train(
             if step % config.checkpoint_every == 0 or step == config.total_steps:
                 flush_metrics()  # never checkpoint params after a non-finite loss
                 if is_main:
-                    _save_checkpoint(
-                        workdir, m, state, latest_loader_state, config.keep_checkpoints
-                    )
+                    checkpoint.save(workdir, m, state, latest_loader_state, config.keep_checkpoints)
             if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
                 evals = run_evaluation(config, m, state.params, step, log)
 
