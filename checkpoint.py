@@ -51,20 +51,15 @@ def save(workdir: str, m: convert.LoadedModel, state: Any, loader_state: dict, k
         )
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
-    steps = sorted(int(n) for n in os.listdir(root) if n.isdigit())
-    for old in steps[:-keep]:
-        shutil.rmtree(os.path.join(root, f"{old:09d}"), ignore_errors=True)
+    for old in convert.checkpoint_dirs(workdir)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def restore(workdir: str, m: convert.LoadedModel, template: Any) -> tuple[Any, dict] | None:
     """The newest readable checkpoint as `template`'s type (a corrupt one is skipped with a
     warning) and its loader state, or None."""
-    root = os.path.join(workdir, convert.CHECKPOINTS)
-    if not os.path.isdir(root):
-        return None
-    for step in sorted((int(n) for n in os.listdir(root) if n.isdigit()), reverse=True):
-        path = os.path.join(root, f"{step:09d}")
+    for path in convert.checkpoint_dirs(workdir):
         try:
             restored = convert.load_model(os.path.join(path, "model"))
             if restored.config != m.config:

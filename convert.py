@@ -286,14 +286,18 @@ def _read_pooling(folder: str, modules: list[dict]) -> tuple[str, bool, str]:
     return pooling, normalize, transformer_dir
 
 
-def latest_checkpoint_dir(workdir: str) -> str | None:
-    """The newest complete checkpoint folder of a training workdir, or None."""
+def checkpoint_dirs(workdir: str) -> list[str]:
+    """A training workdir's checkpoint folders (DIR/checkpoints/<step:09d>), newest first."""
     root = os.path.join(workdir, CHECKPOINTS)
     if not os.path.isdir(root):
-        return None
+        return []
     steps = sorted((int(n) for n in os.listdir(root) if n.isdigit()), reverse=True)
-    for step in steps:
-        path = os.path.join(root, f"{step:09d}")
+    return [os.path.join(root, f"{step:09d}") for step in steps]
+
+
+def latest_checkpoint_dir(workdir: str) -> str | None:
+    """The newest complete checkpoint folder of a training workdir, or None."""
+    for path in checkpoint_dirs(workdir):
         if os.path.exists(os.path.join(path, "model", "model.safetensors")):
             return path
     return None
