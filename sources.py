@@ -253,7 +253,7 @@ def find_datasets(
     ]
 
 
-class LineCounts(Protocol):
+class ReadStats(Protocol):
     """Where a `DatasetStream` reports what it read (the mixture keeps the totals)."""
 
     def line_read(self, rel: str) -> None: ...
@@ -270,7 +270,7 @@ class DatasetStream:
     every pass.
     """
 
-    def __init__(self, spec: DatasetSpec, seed: int, shuffle_buffer: int, counts: LineCounts):
+    def __init__(self, spec: DatasetSpec, seed: int, shuffle_buffer: int, counts: ReadStats):
         self.spec, self.seed, self.buffer, self.counts = spec, seed, shuffle_buffer, counts
         self.name_key = zlib.crc32(spec.name.encode())
         self.deferred: collections.deque[tuple[str, ...]] = collections.deque()
