@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import convert
+import distributed
 import main
 from configs import base
 
@@ -200,7 +201,7 @@ def test_killed_process_stops_the_other_and_both_resume(tmp_path, spawn, cache_d
     assert killed["rc"] == -9, killed["out"][-4000:]
     # Waiting in step 7 for the dead process, the survivor gets gloo's connection error (rc 1)
     # or, if the socket says nothing, the step timeout (rc 75); either way it says what to do.
-    assert survivor["rc"] in (1, main.StepWatchdog.EXIT_CODE), survivor["out"][-4000:]
+    assert survivor["rc"] in (1, distributed.StepWatchdog.EXIT_CODE), survivor["out"][-4000:]
     assert "run every process again" in survivor["out"], survivor["out"][-4000:]
     waited = survivor["t"] - killed["t"]
     assert waited < STEP_TIMEOUT_S + 30, (survivor["t"], killed["t"])
@@ -220,7 +221,7 @@ def test_hung_process_times_out_the_other(tmp_path, spawn, cache_dir):
     workdir = str(tmp_path / "hung")
     run = _start_two_processes(spawn, workdir, cache_dir, (0, "SIGSTOP"))
     _, survivor = _wait(run, only=[1])
-    assert survivor["rc"] == main.StepWatchdog.EXIT_CODE, survivor["out"][-4000:]
+    assert survivor["rc"] == distributed.StepWatchdog.EXIT_CODE, survivor["out"][-4000:]
     message = f"step timeout: step {FAULT_AT_STEP + 1} has not finished after {STEP_TIMEOUT_S} s"
     assert message in survivor["out"], survivor["out"][-4000:]
     assert "process 1 of 2" in survivor["out"]
