@@ -141,6 +141,24 @@ def relative_position_buckets(relative_LxL: jax.Array, num_buckets: int, max_dis
     return ret + jnp.where(is_small, n, val_if_large)
 
 
+def attention(
+    q_BxLxHxK: jax.Array,
+    k_BxLxHxK: jax.Array,
+    v_BxLxHxK: jax.Array,
+    bias_Bx1xLxL: jax.Array,
+    dropout_rate: float,
+    is_training: bool,
+) -> jax.Array:
+    """Scaled dot-product attention with an additive float32 bias -> context [B, L, H, K]."""
+    dtype = q_BxLxHxK.dtype
+    # Scaling q (4x smaller than the scores for L=128) saves a full-size pass.
+    q_BxLxHxK = q_BxLxHxK * jnp.asarray(1 / math.sqrt(q_BxLxHxK.shape[-1]), dtype)
+    scores_BxHxLxL = jnp.einsum("bqhk,bthk->bhqt", q_BxLxHxK, k_BxLxHxK).astype(jnp.float32)
+    probs = jax.nn.softmax(scores_BxHxLxL + bias_Bx1xLxL, axis=-1).astype(dtype)
+    probs = _dropout(probs, dropout_rate, is_training)
+    return jnp.einsum("bhqt,bthk->bqhk", probs, v_BxLxHxK)
+
+
 @dataclasses.dataclass
 class Encoder(hk.Module):
     """Token ids -> contextual token states, for any family in MODEL_TYPES."""
@@ -193,14 +211,10 @@ class Encoder(hk.Module):
                 q = hk.Linear(d, w_init=init, name="query")(x_BxLxD).reshape(batch, length, h, k)
                 kk = hk.Linear(d, w_init=init, name="key")(x_BxLxD).reshape(batch, length, h, k)
                 v = hk.Linear(d, w_init=init, name="value")(x_BxLxD).reshape(batch, length, h, k)
-                # Scaling q (4x smaller than the scores for L=128) saves a full-size pass.
-                q = q * jnp.asarray(1 / math.sqrt(k), q.dtype)
-                scores_BxHxLxL = jnp.einsum("bqhk,bthk->bhqt", q, kk).astype(jnp.float32)
-                scores_BxHxLxL = scores_BxHxLxL + bias_Bx1xLxL
-                probs = jax.nn.softmax(scores_BxHxLxL, axis=-1).astype(dtype)
-                probs = _dropout(probs, cfg.attention_dropout_rate, is_training)
-                ctx_BxLxD = jnp.einsum("bhqt,bthk->bqhk", probs, v).reshape(batch, length, d)
-                attn = hk.Linear(d, w_init=init, name="attention_output")(ctx_BxLxD)
+                ctx = attention(q, kk, v, bias_Bx1xLxL, cfg.attention_dropout_rate, is_training)
+                attn = hk.Linear(d, w_init=init, name="attention_output")(
+                    ctx.reshape(batch, length, d)
+                )
                 attn = _dropout(attn, cfg.dropout_rate, is_training)
                 x_BxLxD = _layer_norm(x_BxLxD + attn, cfg.layer_norm_eps, "attention_layer_norm")
                 f = hk.Linear(cfg.intermediate_size, w_init=init, name="intermediate")(x_BxLxD)
