@@ -211,9 +211,11 @@ class Encoder(hk.Module):
                 q = hk.Linear(d, w_init=init, name="query")(x_BxLxD).reshape(batch, length, h, k)
                 kk = hk.Linear(d, w_init=init, name="key")(x_BxLxD).reshape(batch, length, h, k)
                 v = hk.Linear(d, w_init=init, name="value")(x_BxLxD).reshape(batch, length, h, k)
-                ctx = attention(q, kk, v, bias_Bx1xLxL, cfg.attention_dropout_rate, is_training)
+                ctx_BxLxHxK = attention(
+                    q, kk, v, bias_Bx1xLxL, cfg.attention_dropout_rate, is_training
+                )
                 attn = hk.Linear(d, w_init=init, name="attention_output")(
-                    ctx.reshape(batch, length, d)
+                    ctx_BxLxHxK.reshape(batch, length, d)
                 )
                 attn = _dropout(attn, cfg.dropout_rate, is_training)
                 x_BxLxD = _layer_norm(x_BxLxD + attn, cfg.layer_norm_eps, "attention_layer_norm")
