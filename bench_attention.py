@@ -19,7 +19,7 @@ It prints one JSON line each for:
   batch `--timed_batch`, compiled first, then interleaved for `--rounds` rounds (min, median).
 
 On the README's 2-core CPU: 0.60 of the attention FLOPs with the default widths, 0.42 with
-16,24,32,48,64,96,128, embeddings equal to 1.3e-7, and 5-7% off the forward+backward (batch 1,
+16,24,32,48,64,96,128, embeddings equal to 1.3e-7, and 1-7% off the forward+backward (batch 1,
 35 rows: 3.49 against 3.60 s best, 3.70 against 3.92 s median; seven widths 3.21 against 3.42 s):
 the gathers take back much of what the smaller attention saves.
 """
@@ -37,7 +37,6 @@ from absl import app, flags
 
 import data as data_lib
 import model as model_lib
-import packing
 
 flags.DEFINE_integer("batches", 60, "bench batches to cost the FLOPs over")
 flags.DEFINE_integer("timed_batch", 1, "which of them to time")
@@ -56,13 +55,12 @@ def take_rows(x_NxF: jax.Array, index_M: jax.Array, inverse_N: jax.Array) -> jax
 
 
 def _take_rows_fwd(x_NxF, index_M, inverse_N):
-    return take_rows(x_NxF, index_M, inverse_N), (index_M, inverse_N)
+    return take_rows(x_NxF, index_M, inverse_N), inverse_N
 
 
-def _take_rows_bwd(res, g_MxF):
+def _take_rows_bwd(inverse_N, g_MxF):
     # Each row of x appears at most once in the output, so the gather's transpose (a scatter-add)
     # is the gather by the inverse map; rows that do not appear point past the end: zeros.
-    index_M, inverse_N = res
     return g_MxF.at[inverse_N].get(mode="fill", fill_value=0), None, None
 
 
@@ -115,26 +113,20 @@ def gathered_attention(plan, num_tokens: int):
     return attention
 
 
-def bench_batches(count: int, tokenizer, pad_id: int) -> list[dict[str, np.ndarray]]:
-    """bench.py's batches: the demo config's bundled mixture, batch 64, seed 0, rows of 128."""
+def bench_batches(count: int, m) -> list[dict[str, np.ndarray]]:
+    """bench.py's batches: the demo config's bundled mixture, batch 64, seed 0, rows of 128,
+    featurized by the trainer's own featurizer on one device."""
+    import main as main_lib
     from configs import base
 
     config = base.get_config("demo")
+    config.data.max_seq_len = MAX_LEN
+    mesh = jax.make_mesh((1,), (main_lib.AXIS,), devices=jax.devices()[:1])
+    featurize = main_lib.make_featurizer(config, m, mesh)
     loader = data_lib.MixtureLoader.from_config(
         config.data, batch_size=64, seed=0, workdir=tempfile.mkdtemp()
     )
-    return [
-        packing.featurize(
-            loader.next_examples(),
-            tokenizer,
-            num_devices=1,
-            max_seq_len=MAX_LEN,
-            max_negatives=config.data.max_negatives,
-            pad_id=pad_id,
-            max_segments=config.data.max_segments,
-        )
-        for _ in range(count)
-    ]
+    return [featurize(loader.next_examples()) for _ in range(count)]
 
 
 def main(argv):
@@ -146,16 +138,15 @@ def main(argv):
     if widths[-1] < MAX_LEN:
         raise app.UsageError(f"--widths must include one of at least {MAX_LEN}")
     m = convert.load_model(bench._reference_model())
-    batches = bench_batches(FLAGS.batches, m.tokenizer, m.pad_id)
+    batches = bench_batches(FLAGS.batches, m)
 
     rows_flops = blocks_flops = exact_flops = 0
     for arrays in batches:
         seg = arrays["segments_GRxL"]
         rows_flops += seg.shape[0] * MAX_LEN**2
-        blocks_flops += sum(p.shape[0] * p.shape[1] ** 2 for p in gather_plan(seg, widths))
-        for row in seg:
-            _, lengths = np.unique(row[row > 0], return_counts=True)
-            exact_flops += int((lengths.astype(np.int64) ** 2).sum())
+        for index in gather_plan(seg, widths):  # one text per block; padding indexes seg.size
+            blocks_flops += index.shape[0] * index.shape[1] ** 2
+            exact_flops += int(((index < seg.size).sum(1).astype(np.int64) ** 2).sum())
     print(
         json.dumps(
             {
@@ -172,8 +163,7 @@ def main(argv):
     ids, seg = jnp.asarray(arrays["ids_GRxL"]), jnp.asarray(arrays["segments_GRxL"])
     plan = gather_plan(arrays["segments_GRxL"], widths)
     num_segments = int(arrays["slot_BxC"].max()) + 1
-    train_config = m.config  # dropout 0.1 as in training
-    embed = model_lib.make_embed_fn(train_config, "mean", True, num_segments)
+    embed = model_lib.make_embed_fn(m.config, "mean", True, num_segments)  # dropout 0.1
     standard = PACKED_ROWS_ATTENTION
     gathered = gathered_attention(plan, ids.size)
 
