@@ -1,20 +1,19 @@
 """Domain fine-tuning example: all-MiniLM-L6-v2 on SciFact's *train* claims -> cited abstracts.
 
-    python -m configs.scifact            # (re)writes the pairs file from qrels/train.tsv
+    python tools/write_scifact_pairs.py  # (re)writes the pairs file from qrels/train.tsv
     python main.py --config=configs/scifact.py --workdir=runs/scifact
     python evaluate.py --model=runs/scifact --retrieval=sample_data/retrieval/scifact
 
 The pairs are `[claim, title + " " + abstract]` for the lines of the bundled SciFact
 qrels/train.tsv (807 claims, 917 pairs); no test claim is used: the splits share no query id
-(`write_pairs` checks) and the two train claims whose text repeats a test claim are dropped.
+(tools/write_scifact_pairs.py checks) and the two train claims whose text repeats a test claim
+are dropped.
 The test split is evaluated afterwards with evaluate.py; the reference model scores 64.51
 nDCG@10 there (MTEB), the figure to beat. Idea: in-domain fine-tuning of a general sentence
 embedder with MultipleNegativesRankingLoss on (query, relevant passage) pairs, as in
 sentence-transformers' domain-adaptation examples and the BEIR paper's in-domain baselines.
 """
 
-import gzip
-import json
 import os
 
 from configs import base
@@ -43,38 +42,3 @@ def get_config(arg=None):
     c.checkpoint_every = 15
     c.eval.sts_files = ()  # SciFact test is scored afterwards with evaluate.py --retrieval
     return base.apply_arg(c, arg)
-
-
-def write_pairs(folder: str = SCIFACT, out: str = PAIRS) -> int:
-    """Write `[claim, title + " " + abstract]` lines from qrels/train.tsv; returns the count."""
-    import evaluate  # imported here: configs are loaded by main.py, which has it already
-
-    ids, texts = evaluate.read_beir_corpus(os.path.join(folder, "corpus.jsonl.gz"))
-    docs = dict(zip(ids, texts, strict=True))
-    queries = {
-        q["_id"]: q["text"]
-        for q in evaluate.read_jsonl_records(
-            os.path.join(folder, "queries.jsonl.gz"), ("_id", "text")
-        )
-    }
-    train = evaluate.read_qrels(os.path.join(folder, "qrels", "train.tsv"))
-    test = evaluate.read_qrels(os.path.join(folder, "qrels", "test.tsv"))
-    if set(train) & set(test):
-        raise ValueError(f"train and test share queries: {sorted(set(train) & set(test))[:5]}")
-    # Two train claims (871, 1291) repeat a test claim (870, 1292) word for word, with the same
-    # cited abstract: they are test queries in all but id, so they are left out.
-    test_claims = {queries[q] for q in test}
-    train = {q: rels for q, rels in train.items() if queries[q] not in test_claims}
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    lines = []
-    for qid, rels in train.items():
-        lines += [json.dumps([queries[qid], docs[d]]) for d, grade in rels.items() if grade > 0]
-    with open(out + ".tmp", "wb") as raw:  # no name, mtime=0: the same bytes on every run
-        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
-            f.write("".join(line + "\n" for line in lines).encode("utf-8"))
-    os.replace(out + ".tmp", out)
-    return len(lines)
-
-
-if __name__ == "__main__":
-    print(f"wrote {write_pairs()} pairs to {PAIRS}")

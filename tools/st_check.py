@@ -2,8 +2,8 @@
 
 Two steps, two virtualenvs (torch is never a dependency of this project):
 
-    .venv/bin/python tests/st_check.py ours runs/demo/export /tmp/ours.npy    # our encoder (JAX)
-    /tmp/ref/bin/python tests/st_check.py st runs/demo/export /tmp/ours.npy   # torch side
+    .venv/bin/python tools/st_check.py ours runs/demo/export /tmp/ours.npy    # our encoder (JAX)
+    /tmp/ref/bin/python tools/st_check.py st runs/demo/export /tmp/ours.npy   # torch side
 
 The second prints the max abs difference between the two sets of embeddings of the sentences in
 tests/fixtures/minilm_reference.npz (exit 1 if it exceeds 1e-5).
@@ -14,13 +14,14 @@ import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 def main(mode: str, folder: str, out: str) -> None:
-    sentences = list(np.load(os.path.join(HERE, "fixtures", "minilm_reference.npz"))["sentences"])
+    sentences = list(np.load(os.path.join(FIXTURES, "minilm_reference.npz"))["sentences"])
     if mode == "ours":
-        sys.path.insert(0, os.path.dirname(HERE))
+        sys.path.insert(0, ROOT)
         import convert
         import evaluate
 

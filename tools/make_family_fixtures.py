@@ -4,7 +4,7 @@ Run once, in a separate virtualenv that has torch (never a dependency of this pr
 
     python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 transformers==5.24.0 \
         sentence-transformers==6.2.0
-    /tmp/ref/bin/python tests/make_family_fixtures.py
+    /tmp/ref/bin/python tools/make_family_fixtures.py
 
 For each family it makes a small tokenizer from the sentences below (a WordPiece vocabulary, or a
 byte-level BPE trained by tokenizers for RoBERTa), wraps it in the family's transformers tokenizer
@@ -36,7 +36,8 @@ import transformers
 from sentence_transformers import SentenceTransformer
 from tokenizers import normalizers, pre_tokenizers, trainers
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 MAX_SEQ_LENGTH = 64  # tokens per text; the long text below is truncated to it
 
 CORPUS = [
@@ -192,7 +193,7 @@ def write_json(path: str, obj) -> None:
 
 def make(family: str, seed: int) -> None:
     torch.manual_seed(seed)
-    out = os.path.join(HERE, "fixtures", f"tiny_{family}")
+    out = os.path.join(FIXTURES, f"tiny_{family}")
     tok, model = build(family)
     shutil.rmtree(out, ignore_errors=True)
     model.save_pretrained(out)

@@ -1,6 +1,6 @@
 """Query latency of exact top-k search (evaluate.top_k, used by `apps.py search query`).
 
-    python bench_search.py [--n=1000000] [--dim=384] [--k=10] [--queries=1] [--repeats=20]
+    python -m benchmarks.search [--n=1000000] [--dim=384] [--k=10] [--queries=1] [--repeats=20]
 
 Random unit vectors stand in for an index (the search does the same work whatever the values).
 Timed: one call of `top_k` for a batch of --queries query vectors, after one warm-up call, over
@@ -34,7 +34,7 @@ def _unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     x = np.empty((n, dim), np.float32)
     for lo in range(0, n, 100_000):  # in blocks: no float64 copy of the whole corpus
         block = rng.standard_normal((min(100_000, n - lo), dim), dtype=np.float32)
-        x[lo : lo + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        x[lo : lo + len(block)] = evaluate.l2_normalize(block)
     return x
 
 

@@ -1,9 +1,9 @@
 """A folder in the layout sentence-transformers 6 writes, with its own embeddings.
 
-Run once, in the separate virtualenv of tests/make_family_fixtures.py (torch, transformers,
+Run once, in the separate virtualenv of tools/make_family_fixtures.py (torch, transformers,
 sentence-transformers; never dependencies of this project), after that script:
 
-    /tmp/ref/bin/python tests/make_st6_fixture.py
+    /tmp/ref/bin/python tools/make_st6_fixture.py
 
 sentence-transformers 6 saves a model differently from the published folders (which
 tests/fixtures/tiny_<family>/ copy): `1_Pooling/config.json` holds one `pooling_mode` string instead
@@ -30,9 +30,10 @@ import sentence_transformers
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(HERE, "fixtures", "tiny_bert")
-OUT = os.path.join(HERE, "fixtures", "tiny_bert_st6")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+SOURCE = os.path.join(FIXTURES, "tiny_bert")
+OUT = os.path.join(FIXTURES, "tiny_bert_st6")
 
 
 def main() -> None:
