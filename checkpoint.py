@@ -22,6 +22,25 @@ from absl import logging
 
 import convert
 
+CHECKPOINTS = "checkpoints"  # a training workdir keeps DIR/checkpoints/<step:09d>/
+
+
+def checkpoint_dirs(workdir: str) -> list[str]:
+    """A training workdir's checkpoint folders (DIR/checkpoints/<step:09d>), newest first."""
+    root = os.path.join(workdir, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    steps = sorted((int(n) for n in os.listdir(root) if n.isdigit()), reverse=True)
+    return [os.path.join(root, f"{step:09d}") for step in steps]
+
+
+def latest_dir(workdir: str) -> str | None:
+    """The newest checkpoint folder of a workdir that holds a model, or None."""
+    for path in checkpoint_dirs(workdir):
+        if os.path.exists(os.path.join(path, "model", "model.safetensors")):
+            return path
+    return None
+
 
 def save(workdir: str, m: convert.LoadedModel, state: Any, loader_state: dict, keep: int) -> str:
     """DIR/checkpoints/<step>/ = model/ (a sentence-transformers folder), optimizer, state.json.
@@ -29,7 +48,7 @@ def save(workdir: str, m: convert.LoadedModel, state: Any, loader_state: dict, k
     Written under a temporary name, then renamed: a crash leaves no half checkpoint behind.
     """
     step = int(state.step)
-    root = os.path.join(workdir, convert.CHECKPOINTS)
+    root = os.path.join(workdir, CHECKPOINTS)
     final = os.path.join(root, f"{step:09d}")
     tmp = os.path.join(root, f".tmp-{step:09d}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -51,7 +70,7 @@ def save(workdir: str, m: convert.LoadedModel, state: Any, loader_state: dict, k
         )
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
-    for old in convert.checkpoint_dirs(workdir)[keep:]:
+    for old in checkpoint_dirs(workdir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -59,7 +78,7 @@ def save(workdir: str, m: convert.LoadedModel, state: Any, loader_state: dict, k
 def restore(workdir: str, m: convert.LoadedModel, template: Any) -> tuple[Any, dict] | None:
     """The newest readable checkpoint as `template`'s type (a corrupt one is skipped with a
     warning) and its loader state, or None."""
-    for path in convert.checkpoint_dirs(workdir):
+    for path in checkpoint_dirs(workdir):
         try:
             restored = convert.load_model(os.path.join(path, "model"))
             if restored.config != m.config:

@@ -23,9 +23,9 @@ import jax
 import numpy as np
 import safetensors.numpy
 import tokenizers
-from absl import app, flags
+from absl import app, flags, logging
 
-import data as data_lib
+import checkpoint
 import model as model_lib
 
 # Files of a tokenizer that export copies verbatim (whichever of them the source folder has).
@@ -40,7 +40,6 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
     "spm.model",
 )
-CHECKPOINTS = "checkpoints"  # a training workdir keeps DIR/checkpoints/<step>/model/
 MODEL_PREFIXES = ("", "bert.", "roberta.", "distilbert.", "mpnet.", "model.", "0.auto_model.")
 
 
@@ -65,7 +64,7 @@ class LoadedModel:
 
     @property
     def pad_id(self) -> int:
-        return data_lib.pad_id_of(self.tokenizer, self.config.pad_token_id)
+        return pad_id_of(self.tokenizer, self.config.pad_token_id)
 
     def embed_fn(self, num_segments: int = 1) -> hk.Transformed:
         return model_lib.make_embed_fn(self.config, self.pooling, self.normalize, num_segments)
@@ -102,6 +101,7 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> model_
             f"{source}: model_type {model_type!r} is not supported (supported: "
             f"{', '.join(model_lib.MODEL_TYPES)})"
         )
+    defaults = model_lib.FAMILY_DEFAULTS[model_type]
     act_key = "activation" if model_type == "distilbert" else "hidden_act"
     if hf.get(act_key, "gelu") != "gelu":
         raise ModelFolderError(f"{source}: field {act_key!r} is {hf[act_key]!r}; only 'gelu'")
@@ -113,25 +113,19 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> model_
     if model_type == "distilbert":
         if hf.get("sinusoidal_pos_embds", False):
             raise ModelFolderError(f"{source}: field 'sinusoidal_pos_embds' true is not supported")
-        cfg = model_lib.EncoderConfig(
-            model_type=model_type,
+        cfg = model_lib.family_config(  # LayerNorm eps and no token types: fixed in transformers
+            model_type,
             vocab_size=_field(hf, "vocab_size", source),
             hidden_size=_field(hf, "dim", source),
             num_layers=_field(hf, "n_layers", source),
             num_heads=_field(hf, "n_heads", source),
             intermediate_size=_field(hf, "hidden_dim", source),
             max_position_embeddings=_field(hf, "max_position_embeddings", source),
-            type_vocab_size=0,
-            layer_norm_eps=1e-12,  # fixed in transformers' DistilBERT
             dropout_rate=_field(hf, "dropout", source, float, 0.1),
             attention_dropout_rate=_field(hf, "attention_dropout", source, float, 0.1),
-            pad_token_id=_field(hf, "pad_token_id", source, int, 0),
+            pad_token_id=_field(hf, "pad_token_id", source, int, defaults["pad_token_id"]),
         )
     else:
-        pad = _field(hf, "pad_token_id", source, int, 1 if model_type != "bert" else 0)
-        # RoBERTa's position ids start after config.pad_token_id; transformers' MPNetEmbeddings
-        # fixes its padding_idx at 1 whatever config.json says, so MPNet's start at 2.
-        offset = {"bert": 0, "roberta": pad + 1, "mpnet": 2}[model_type]
         # transformers' MPNetEncoder buckets relative positions into 32 (its default argument),
         # whatever relative_attention_num_buckets says; that field only sizes the table.
         if model_type == "mpnet" and hf.get("relative_attention_num_buckets", 32) != 32:
@@ -140,25 +134,19 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> model_
                 f"{hf['relative_attention_num_buckets']!r}; only 32 (transformers' MPNet always "
                 "uses 32 buckets)"
             )
-        cfg = model_lib.EncoderConfig(
-            model_type=model_type,
+        cfg = model_lib.family_config(  # the position offset follows from pad_token_id
+            model_type,
             vocab_size=_field(hf, "vocab_size", source),
             hidden_size=_field(hf, "hidden_size", source),
             num_layers=_field(hf, "num_hidden_layers", source),
             num_heads=_field(hf, "num_attention_heads", source),
             intermediate_size=_field(hf, "intermediate_size", source),
             max_position_embeddings=_field(hf, "max_position_embeddings", source),
-            type_vocab_size=0 if model_type == "mpnet" else _field(hf, "type_vocab_size", source),
+            type_vocab_size=(0 if model_type == "mpnet" else _field(hf, "type_vocab_size", source)),
             layer_norm_eps=_field(hf, "layer_norm_eps", source, float),
             dropout_rate=_field(hf, "hidden_dropout_prob", source, float, 0.1),
             attention_dropout_rate=_field(hf, "attention_probs_dropout_prob", source, float, 0.1),
-            pad_token_id=pad,
-            position_offset=offset,
-            relative_attention_num_buckets=(
-                _field(hf, "relative_attention_num_buckets", source, int, 32)
-                if model_type == "mpnet"
-                else 0
-            ),
+            pad_token_id=_field(hf, "pad_token_id", source, int, defaults["pad_token_id"]),
         )
     try:
         cfg.validate()
@@ -210,12 +198,38 @@ def hf_config_for(cfg: model_lib.EncoderConfig, base: Mapping[str, Any] | None =
     return out
 
 
-def load_tokenizer(folder: str, max_length: int) -> tokenizers.Tokenizer:
-    """The folder's tokenizer.json, fixed padding off, truncation at `max_length` (data.py's)."""
+def load_tokenizer(path: str, max_length: int) -> tokenizers.Tokenizer:
+    """A model folder's (or a tokenizer.json file's) fast tokenizer: no padding, truncation.
+
+    Padding is turned off (many tokenizer.json files pin a fixed length, which would make us
+    embed padding; our code pads per batch) and texts are truncated at `max_length` tokens.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(path):
+        raise ModelFolderError(f"{path}: file is missing (only fast-tokenizer folders are read)")
     try:
-        return data_lib.load_tokenizer(folder, max_length)
-    except (FileNotFoundError, ValueError) as e:
-        raise ModelFolderError(str(e)) from e
+        tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises a bare Exception on a bad file
+        raise ModelFolderError(f"{path}: not a valid tokenizer file ({e})") from e
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length, strategy="longest_first")
+    return tok
+
+
+def pad_id_of(tokenizer: tokenizers.Tokenizer, default: int | None = None) -> int:
+    """The id of the tokenizer's padding token ([PAD] = 0 for BERT, <pad> = 1 for RoBERTa).
+
+    A tokenizer without a known padding token gives `default`, or raises when there is none.
+    """
+    if tokenizer.padding is not None:
+        return tokenizer.padding["pad_id"]
+    for tok in ("[PAD]", "<pad>", "<|padding|>", "<|pad|>", "[pad]"):
+        if (i := tokenizer.token_to_id(tok)) is not None:
+            return i
+    if default is not None:
+        return default
+    raise ValueError("tokenizer has no known padding token: pass pad_id explicitly")
 
 
 def _pooling_mode(pool_cfg: Any, pool_path: str) -> str:
@@ -286,23 +300,6 @@ def _read_pooling(folder: str, modules: list[dict]) -> tuple[str, bool, str]:
     return pooling, normalize, transformer_dir
 
 
-def checkpoint_dirs(workdir: str) -> list[str]:
-    """A training workdir's checkpoint folders (DIR/checkpoints/<step:09d>), newest first."""
-    root = os.path.join(workdir, CHECKPOINTS)
-    if not os.path.isdir(root):
-        return []
-    steps = sorted((int(n) for n in os.listdir(root) if n.isdigit()), reverse=True)
-    return [os.path.join(root, f"{step:09d}") for step in steps]
-
-
-def latest_checkpoint_dir(workdir: str) -> str | None:
-    """The newest complete checkpoint folder of a training workdir, or None."""
-    for path in checkpoint_dirs(workdir):
-        if os.path.exists(os.path.join(path, "model", "model.safetensors")):
-            return path
-    return None
-
-
 def resolve_model_dir(path: str) -> str:
     """A model folder, or a training workdir's latest checkpoint (then its export)."""
     if not os.path.exists(path):
@@ -311,14 +308,14 @@ def resolve_model_dir(path: str) -> str:
         os.path.join(path, "modules.json")
     ):
         return path
-    ckpt = latest_checkpoint_dir(path)
+    ckpt = checkpoint.latest_dir(path)
     if ckpt is not None:
         return os.path.join(ckpt, "model")
     if os.path.exists(os.path.join(path, "export", "config.json")):
         return os.path.join(path, "export")
     raise ModelFolderError(
         f"{path}: neither a model folder (config.json) nor a training workdir "
-        f"({CHECKPOINTS}/ or export/)"
+        f"({checkpoint.CHECKPOINTS}/ or export/)"
     )
 
 
@@ -466,6 +463,8 @@ def export_model(m: LoadedModel, out_dir: str, params: hk.Params | None = None) 
 
 
 def main(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:  # JAX's INFO lines (backend probe) on request
+        logging.set_verbosity(logging.WARNING)
     del argv
     model_path, out = flags.FLAGS.model, flags.FLAGS.out
     if not model_path or not out:

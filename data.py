@@ -1,15 +1,16 @@
-"""Streaming mixed-dataset loader: mixture sampling, batch composition, tokenizer, prefetch.
+"""Streaming mixed-dataset loader: mixture sampling, batch composition, prefetch, data CLI.
 
 NumPy only (no torch, tf.data or HF datasets). The files themselves (formats, weights, one
 dataset's shuffled stream) are `sources.py`'s. The pipeline has two separate stages:
 
 1. Composition (`MixtureLoader`): streams examples, tuples of strings `(anchor, positive,
    *negatives)`, from many jsonl(.gz) datasets, mixes them by weight into global batches of
-   `datasets_per_batch` single-dataset chunks, keeps every text unique within a global batch, and
-   returns this process's rows. Its `state()` is a small JSON dict from which a new loader
+   `datasets_per_batch` single-dataset chunks, keeps every text unique within a global batch. Every
+   process composes the whole global batch (the trainer keeps its devices' rows after
+   packing, see main.make_featurizer). Its `state()` is a small JSON dict from which a new loader
    continues with exactly the batches the old one would have produced.
-2. Featurization (`packing.featurize`): the tokenizer (`load_tokenizer`, `pad_id_of` here),
-   then texts packed several to a row of tokens, or one per row, in static NumPy shapes.
+2. Featurization (`packing.featurize`): the model's tokenizer (convert.load_tokenizer), then
+   texts packed several to a row of tokens, or one per row, in static NumPy shapes.
 
 `Prefetcher` runs both in a background thread and yields `(arrays, state_after_batch)`.
 
@@ -32,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
+import convert
 import packing
 from sources import DatasetSpec, DatasetStream, find_datasets
 
@@ -46,7 +48,7 @@ _TAG_MIX = 0x6D6978
 
 
 class MixtureLoader:
-    """Global batches mixed from many datasets; this process gets its rows of each.
+    """Global batches mixed from many datasets.
 
     A global batch of `batch_size` rows is `datasets_per_batch` chunks; each chunk comes from
     one dataset drawn with probability proportional to its weight (with replacement), and the
@@ -55,10 +57,9 @@ class MixtureLoader:
     dataset (up to `max_deferred` per dataset; beyond that the oldest is dropped and counted).
     Examples with more than `max_negatives` negatives keep the first ones.
 
-    Every process computes the whole global batch (reading is cheap next to tokenization) and
-    returns rows `[p * B/P, (p + 1) * B/P)`, so the state is global and a run may resume on a
-    different number of processes. The loader is not thread-safe: while a `Prefetcher` owns
-    it, use only the prefetcher.
+    Every process computes the whole global batch (reading is cheap next to tokenization), so
+    the state is global and a run may resume on a different number of processes. The loader is
+    not thread-safe: while a `Prefetcher` owns it, use only the prefetcher.
     """
 
     def __init__(
@@ -72,16 +73,12 @@ class MixtureLoader:
         shuffle_buffer: int = 10_000,
         max_negatives: int = 1,
         max_deferred: int = 10_000,
-        process_index: int = 0,
-        process_count: int = 1,
         state: dict[str, Any] | None = None,
     ):
         if not datasets:
             raise ValueError("no datasets")
         if not 1 <= datasets_per_batch <= batch_size:
             raise ValueError(f"datasets_per_batch={datasets_per_batch} not in [1, batch_size]")
-        if batch_size % process_count or not 0 <= process_index < process_count:
-            raise ValueError(f"batch_size={batch_size} does not split over {process_count}")
         if steps_per_dataset < 1 or shuffle_buffer < 1 or max_negatives < 0:
             raise ValueError("steps_per_dataset and shuffle_buffer must be >= 1, K >= 0")
         weights = np.array([d.weight for d in datasets], np.float64)
@@ -94,8 +91,6 @@ class MixtureLoader:
         self.probs = weights / weights.sum()
         self.batch_size, self.seed, self.max_negatives = batch_size, seed, max_negatives
         self.steps_per_dataset, self.max_deferred = steps_per_dataset, max_deferred
-        self.rows = batch_size // process_count
-        self.row_start = process_index * self.rows
         self.chunk_sizes = [
             len(a) for a in np.array_split(np.arange(batch_size), datasets_per_batch)
         ]
@@ -116,8 +111,6 @@ class MixtureLoader:
         *,
         batch_size: int,
         seed: int,
-        process_index: int = 0,
-        process_count: int = 1,
         workdir: str | None = None,
         state: dict[str, Any] | None = None,
     ) -> MixtureLoader:
@@ -153,8 +146,6 @@ class MixtureLoader:
             shuffle_buffer=g("shuffle_buffer", 10_000),
             max_negatives=g("max_negatives", 1),
             max_deferred=g("max_deferred", 10_000),
-            process_index=process_index,
-            process_count=process_count,
             state=state,
         )
 
@@ -233,8 +224,8 @@ class MixtureLoader:
                 )
         return out
 
-    def next_global_examples(self) -> list[tuple[str, ...]]:
-        """All `batch_size` rows of the next global batch (every process computes them)."""
+    def next_examples(self) -> list[tuple[str, ...]]:
+        """All `batch_size` rows of the next global batch (every process computes them all)."""
         seen: set[str] = set()
         rows: list[tuple[str, ...]] = []
         self.last_composition = []
@@ -246,10 +237,6 @@ class MixtureLoader:
             rows.extend(chunk)
         self.step += 1
         return rows
-
-    def next_examples(self) -> list[tuple[str, ...]]:
-        """This process's `batch_size // process_count` rows of the next global batch."""
-        return self.next_global_examples()[self.row_start : self.row_start + self.rows]
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable position after the last batch returned (see `restore`)."""
@@ -306,47 +293,6 @@ class MixtureLoader:
     def close(self) -> None:
         for s in self._streams:
             s.close()
-
-
-# ----------------------------------------------------------------------------- tokenization
-
-
-def load_tokenizer(path: str, max_seq_len: int):
-    """A `tokenizers.Tokenizer` from a model folder or tokenizer.json: no padding, truncation.
-
-    Raises FileNotFoundError / ValueError naming the file (convert.py turns them into its
-    ModelFolderError).
-    """
-    from tokenizers import Tokenizer
-
-    if os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: file is missing (only fast-tokenizer folders are read)")
-    try:
-        tok = Tokenizer.from_file(path)
-    except Exception as e:  # tokenizers raises a bare Exception on a bad file
-        raise ValueError(f"{path}: not a valid tokenizer file ({e})") from e
-    # Many tokenizer.json files pad every text to a fixed length: that would make us embed
-    # padding and waste compute; padding is done per batch by our own code.
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_seq_len, strategy="longest_first")
-    return tok
-
-
-def pad_id_of(tokenizer, default: int | None = None) -> int:
-    """The id of the tokenizer's padding token ([PAD] = 0 for BERT, <pad> = 1 for RoBERTa).
-
-    A tokenizer without a known padding token gives `default`, or raises when there is none.
-    """
-    if tokenizer.padding is not None:
-        return tokenizer.padding["pad_id"]
-    for tok in ("[PAD]", "<pad>", "<|padding|>", "<|pad|>", "[pad]"):
-        if (i := tokenizer.token_to_id(tok)) is not None:
-            return i
-    if default is not None:
-        return default
-    raise ValueError("tokenizer has no known padding token: pass pad_id explicitly")
 
 
 # ----------------------------------------------------------------------------- prefetching
@@ -470,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         shuffle_buffer=args.shuffle_buffer,
         max_negatives=args.max_negatives,
     )
-    tok = load_tokenizer(args.tokenizer, args.max_seq_len)
+    tok = convert.load_tokenizer(args.tokenizer, args.max_seq_len)
     batches, pairs = [], 0
     start = time.perf_counter()
     for _ in range(args.batches):
@@ -481,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             num_devices=1,
             max_seq_len=args.max_seq_len,
             max_negatives=args.max_negatives,
-            pad_id=pad_id_of(tok),
+            pad_id=convert.pad_id_of(tok),
         )
         pairs += len(examples)
         sizes = loader.chunk_sizes

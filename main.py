@@ -7,7 +7,7 @@ config -> mesh -> state -> jitted, shard_mapped train step -> loop (log, evaluat
 hyper-parameter is a config field (configs/base.py); flags only pick the config and the workdir,
 and, for a multi-host run (the same command in every process), the process topology:
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or --distributed where JAX
-finds them itself (Cloud TPU, Slurm, Open MPI). See README.md, "Multi-host training".
+finds them itself (Cloud TPU, Slurm, Open MPI). See docs/multihost.md.
 Shape letters: B rows (examples) of the global batch, C columns (anchor, positive, negatives),
 L tokens, D embedding width.
 """
@@ -144,22 +144,18 @@ def build_model(config: ml_collections.ConfigDict) -> convert.LoadedModel:
         tok_dir = mc.tokenizer
         tokenizer = convert.load_tokenizer(tok_dir, config.data.max_seq_len)
         family = mc.model_type
-        pad = data_lib.pad_id_of(tokenizer, 0 if family in ("bert", "distilbert") else 1)
-        cfg = model_lib.EncoderConfig(
-            model_type=family,
+        pad = convert.pad_id_of(tokenizer, model_lib.FAMILY_DEFAULTS[family]["pad_token_id"])
+        cfg = model_lib.family_config(  # token types, LayerNorm eps, position offset: the family's
+            family,
             vocab_size=tokenizer.get_vocab_size(),
             hidden_size=mc.hidden_size,
             num_layers=mc.num_layers,
             num_heads=mc.num_heads,
             intermediate_size=mc.intermediate_size,
             max_position_embeddings=mc.max_position_embeddings,
-            type_vocab_size=2 if family == "bert" else 1 if family == "roberta" else 0,
-            layer_norm_eps=1e-12 if family in ("bert", "distilbert") else 1e-5,
             dropout_rate=dropout,
             attention_dropout_rate=dropout,
             pad_token_id=pad,
-            position_offset=0 if family in ("bert", "distilbert") else pad + 1,
-            relative_attention_num_buckets=32 if family == "mpnet" else 0,
         )
         files = {}
         for name in convert.TOKENIZER_FILES:
@@ -486,6 +482,8 @@ def train(
 
 
 def main(argv: Sequence[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:  # JAX's INFO lines (backend probe) on request
+        logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
@@ -522,7 +520,7 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/base.py:demo")
     flags.DEFINE_string("workdir", None, "run folder: checkpoints, metrics.jsonl, export/")
-    # Multi-host only (README.md, "Multi-host training"); else JAX_COORDINATOR_ADDRESS etc.
+    # Multi-host only (docs/multihost.md); else JAX_COORDINATOR_ADDRESS etc.
     flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordinator")
     flags.DEFINE_integer("num_processes", None, "processes in the run (one per host)")
     flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)")

@@ -45,8 +45,8 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-12  # LayerNorm epsilon (RoBERTa/MPNet 1e-5)
     dropout_rate: float = 0.1  # hidden-state dropout when training
     attention_dropout_rate: float = 0.1  # attention-probability dropout when training
-    pad_token_id: int = 0  # RoBERTa/MPNet position ids start after it
-    position_offset: int = 0  # first position id (RoBERTa/MPNet: pad_token_id + 1)
+    pad_token_id: int = 0  # padding id; RoBERTa's position ids start after it
+    position_offset: int = 0  # first position id (see position_offset())
     relative_attention_num_buckets: int = 0  # MPNet's relative bias buckets; 0 = none
 
     def validate(self) -> None:
@@ -56,6 +56,44 @@ class EncoderConfig:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
+
+
+# What each family fixes when config.json does not say (or, in transformers, whatever it says):
+# token-type rows, LayerNorm epsilon, the padding id, MPNet's relative-position buckets. Random
+# init (main.build_model) and import (convert.config_from_hf) both build configs from here.
+FAMILY_DEFAULTS = {
+    "bert": dict(
+        type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0, relative_attention_num_buckets=0
+    ),
+    "roberta": dict(
+        type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, relative_attention_num_buckets=0
+    ),
+    "distilbert": dict(
+        type_vocab_size=0, layer_norm_eps=1e-12, pad_token_id=0, relative_attention_num_buckets=0
+    ),
+    "mpnet": dict(
+        type_vocab_size=0, layer_norm_eps=1e-5, pad_token_id=1, relative_attention_num_buckets=32
+    ),
+}
+
+
+def position_offset(model_type: str, pad_token_id: int) -> int:
+    """The first position id of a family, as transformers computes it.
+
+    BERT and DistilBERT count from 0; RoBERTa's positions start after its padding id; MPNet's at
+    2, because transformers' MPNetEmbeddings fixes its padding_idx at 1 whatever config.json says.
+    """
+    return {"bert": 0, "distilbert": 0, "roberta": pad_token_id + 1, "mpnet": 2}[model_type]
+
+
+def family_config(model_type: str, **fields) -> EncoderConfig:
+    """An EncoderConfig of `model_type`: the family's defaults for every field not given, and the
+    position offset that follows from the padding id."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type {model_type!r} is not one of {MODEL_TYPES}")
+    kw = {**FAMILY_DEFAULTS[model_type], **fields}
+    kw.setdefault("position_offset", position_offset(model_type, kw["pad_token_id"]))
+    return EncoderConfig(model_type=model_type, **kw)
 
 
 def _layer_norm(x: jax.Array, eps: float, name: str) -> jax.Array:
@@ -290,7 +328,9 @@ def init_params(config: EncoderConfig, seed: int = 0) -> hk.Params:
     """Random float32 parameters (BERT's truncated normal 0.02, LayerNorm 1/0, biases 0)."""
     fn = make_embed_fn(config)
     ids = jnp.zeros((1, 8), jnp.int32)
-    return fn.init(jax.random.PRNGKey(seed), ids, jnp.ones_like(ids), False)
+    # Jitted: op by op, the first init of a shape took 7.5 s on CPU (tiny model), jitted ~1 s.
+    init = jax.jit(fn.init, static_argnums=3)
+    return init(jax.random.PRNGKey(seed), ids, jnp.ones_like(ids), False)
 
 
 # Hugging Face tensor names. Haiku Linear `w` is [in, out], HF Linear `weight` is [out, in].

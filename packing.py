@@ -84,12 +84,12 @@ def featurize(
     max_segments: int = 32,
     bucket_lengths: Sequence[int] = (),
     size_multiple: int = 1,
-    min_rows: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Examples of this process -> arrays whose leading axis splits evenly over its devices.
+    """The global batch's examples -> arrays whose leading axis splits evenly over the devices.
 
     Returns `ids_GRxL`, `segments_GRxL` (int32), `row_BxC`, `slot_BxC` (int32, per device) and
-    `valid_BxC` (bool). `min_rows` lets all processes agree on R (multi-host).
+    `valid_BxC` (bool). Every process packs the whole global batch, so all agree on R without
+    talking; `device_slice` then keeps a process's own devices' part.
     """
     num_cols = 2 + max_negatives
     if any(not 0 < b <= max_seq_len for b in bucket_lengths):
@@ -130,7 +130,7 @@ def featurize(
 
     if pack:
         sizes = row_sizes(per_device * num_cols, size_multiple)
-        rows = next(s for s in sizes if s >= max(needed, min_rows))
+        rows = next(s for s in sizes if s >= needed)
         length = max_seq_len
     else:
         rows = per_device * num_cols

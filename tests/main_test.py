@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+import checkpoint
 import convert
 import main
 from configs import base
@@ -51,6 +52,7 @@ def _run_cli(workdir, kill_at=0):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_exact(tmp_path):
     straight = tmp_path / "straight"
     r = _run_cli(straight)
@@ -59,7 +61,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     r = _run_cli(killed, kill_at=6)
     assert r.returncode == -9, r.stderr[-3000:]  # SIGKILL
     assert max(_losses(killed)) == 5  # killed after step 6, before its metrics were logged
-    assert sorted(os.listdir(killed / convert.CHECKPOINTS)) == [f"{4:09d}"]
+    assert sorted(os.listdir(killed / checkpoint.CHECKPOINTS)) == [f"{4:09d}"]
     r = _run_cli(killed)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from step 4" in r.stdout
@@ -75,6 +77,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     chex.assert_trees_all_equal(pa, pb)
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_losses(tmp_path):
     assert jax.device_count() == 8
     # log_every=2: metrics of two steps wait on the device while the state is donated onward.
@@ -89,21 +92,23 @@ def test_one_and_eight_devices_give_the_same_losses(tmp_path):
     chex.assert_trees_all_close(one["params"], eight["params"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = smoke(lr=1e12, warmup_steps=0, checkpoint_every=1, log_every=50, total_steps=12)
     with pytest.raises(main.NonFiniteLossError, match=r"at step (\d+)") as err:
         main.train(cfg, str(tmp_path))
     bad_step = int(err.value.args[0].split("at step ")[1].split(";")[0])
-    latest = convert.latest_checkpoint_dir(str(tmp_path))
+    latest = checkpoint.latest_dir(str(tmp_path))
     assert latest is not None and int(os.path.basename(latest)) < bad_step
     params = convert.load_model(os.path.join(latest, "model")).params
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
     cfg = smoke(total_steps=4, checkpoint_every=2)
     main.train(cfg, str(tmp_path))
-    ckpts = tmp_path / convert.CHECKPOINTS
+    ckpts = tmp_path / checkpoint.CHECKPOINTS
     with open(ckpts / f"{4:09d}" / "opt_state.safetensors", "wb") as f:
         f.write(b"garbage")
     cfg.total_steps = 6
@@ -166,3 +171,13 @@ def test_ablation_configs_change_their_field(name, field, value):
     group, key = field.split(".")
     assert cfg[group][key] == value != base.get_config("smoke")[group][key]
     main.validate(cfg, 8)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "mpnet"])
+def test_random_init_and_import_agree_on_the_family_defaults(tmp_path, family):
+    """A random-init model exported and imported again has the same config, for a tokenizer whose
+    padding id (BERT's [PAD] = 0) is not the family's default (RoBERTa/MPNet: 1)."""
+    m = main.build_model(base.get_config(f"smoke,model.model_type={family}"))
+    assert m.pad_id == 0
+    out = convert.export_model(m, str(tmp_path / family))
+    assert convert.load_model(out).config == m.config

@@ -21,10 +21,13 @@ import jax
 import numpy as np
 import pytest
 
+import checkpoint
 import convert
 import distributed
 import main
 from configs import base
+
+pytestmark = pytest.mark.slow  # several processes, trainer runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -181,7 +184,7 @@ def test_two_processes_match_one(tmp_path, spawn, cache_dir, request):
     loss_diff, param_diff = _assert_matches_reference(workdir, reference, range(1, STEPS + 1))
     # Process 0 alone writes metrics (one record per step), checkpoints and the export.
     assert all(len(v) == 1 for v in _losses(workdir).values())
-    ckpts = os.path.join(workdir, convert.CHECKPOINTS)
+    ckpts = os.path.join(workdir, checkpoint.CHECKPOINTS)
     assert sorted(os.listdir(ckpts)) == [f"{4:09d}", f"{8:09d}"]
     assert "exported the final model" in runs[0]["out"]
     assert "exported the final model" not in runs[1]["out"]
@@ -205,7 +208,7 @@ def test_killed_process_stops_the_other_and_both_resume(tmp_path, spawn, cache_d
     assert "run every process again" in survivor["out"], survivor["out"][-4000:]
     waited = survivor["t"] - killed["t"]
     assert waited < STEP_TIMEOUT_S + 30, (survivor["t"], killed["t"])
-    ckpts = os.path.join(workdir, convert.CHECKPOINTS)
+    ckpts = os.path.join(workdir, checkpoint.CHECKPOINTS)
     assert sorted(os.listdir(ckpts)) == [f"{4:09d}"]
 
     runs = _wait(_start_two_processes(spawn, workdir, cache_dir))
