@@ -23,28 +23,26 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 import jax
 import numpy as np
-import scipy.stats
-from absl import app, flags
+import scipy.cluster.vq
+from absl import app, flags, logging
 
+import bias
 import convert
 import evaluate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INDEX_EMB, INDEX_DOCS, INDEX_META = "embeddings.npy", "docs.jsonl", "model.json"
-PRONOUNS = {  # the only words in which a bias template's two propositions differ
-    "male": {"Pronoun": "He", "pronoun": "he", "object": "him", "possessive": "his"},
-    "female": {"Pronoun": "She", "pronoun": "she", "object": "her", "possessive": "her"},
-}
 
 flags.DEFINE_string("model", None, "model folder or training workdir")
 flags.DEFINE_string("input", None, "text file (one text per line); search index: or a BEIR corpus")
 flags.DEFINE_string("output", None, "embed: the .npy file; bias: folder for bias.json, bias.png")
 flags.DEFINE_string("file", None, "texts one per line instead of positional arguments")
-flags.DEFINE_string("query", None, "qa: the question")
+flags.DEFINE_string("query", None, "qa: the question; search query: one more query")
 flags.DEFINE_string("index", None, "search: index folder")
 flags.DEFINE_integer("top_k", 10, "search: hits per query")
 flags.DEFINE_integer("k", None, "cluster: number of clusters")
@@ -91,7 +89,7 @@ def rank(
     """(index into others, score), best first (ties in input order): cosine or dot product."""
     emb = evaluate.encode(m, [anchor, *others], progress=False).astype(np.float64)
     if cosine:
-        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        emb = evaluate.l2_normalize(emb)
     scores = emb[1:] @ emb[0]
     order = np.argsort(-scores, kind="stable")
     return [(int(i), float(scores[i])) for i in order]
@@ -211,7 +209,7 @@ def query_index(
 
 
 def kmeans(x_NxD: np.ndarray, k: int, seed: int = 0, n_init: int = 10, iters: int = 100) -> tuple:
-    """Lloyd's k-means, k-means++ seeding -> (labels [N], centroids [K, D]).
+    """k-means (SciPy's kmeans2, k-means++ seeding) -> (labels [N], centroids [K, D]).
 
     The best (least inertia) of `n_init` seeded runs: one run can stop in a poor local minimum
     even on well separated data (scikit-learn's classic default, n_init=10).
@@ -223,42 +221,13 @@ def kmeans(x_NxD: np.ndarray, k: int, seed: int = 0, n_init: int = 10, iters: in
     rng = np.random.default_rng(seed)
     best = None
     for _ in range(n_init):
-        labels, c_KxD = _lloyd(x_NxD, _kmeans_pp(x_NxD, k, rng), iters)
+        with warnings.catch_warnings():  # an empty cluster: that run just scores worse
+            warnings.simplefilter("ignore", UserWarning)
+            c_KxD, labels = scipy.cluster.vq.kmeans2(x_NxD, k, iter=iters, minit="++", rng=rng)
         inertia = ((x_NxD - c_KxD[labels]) ** 2).sum()
         if best is None or inertia < best[0]:
             best = (inertia, labels, c_KxD)
     return best[1], best[2]
-
-
-def _kmeans_pp(x_NxD: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++: each next centre drawn with probability proportional to D(x)^2."""
-    n = x_NxD.shape[0]
-    centroids = [x_NxD[rng.integers(n)]]
-    d2_N = ((x_NxD - centroids[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        p = d2_N / d2_N.sum() if d2_N.sum() > 0 else np.full(n, 1 / n)
-        centroids.append(x_NxD[rng.choice(n, p=p)])
-        d2_N = np.minimum(d2_N, ((x_NxD - centroids[-1]) ** 2).sum(1))
-    return np.stack(centroids)
-
-
-def _lloyd(x_NxD: np.ndarray, c_KxD: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
-    n, k = x_NxD.shape[0], c_KxD.shape[0]
-    labels = np.full(n, -1)
-    for _ in range(iters):
-        d2_NxK = (x_NxD**2).sum(1, keepdims=True) - 2 * x_NxD @ c_KxD.T + (c_KxD**2).sum(1)
-        new = d2_NxK.argmin(1)
-        if np.array_equal(new, labels):
-            break
-        labels = new
-        for j in range(k):
-            members = labels == j
-            if members.any():
-                c_KxD[j] = x_NxD[members].mean(0)
-            else:  # an empty cluster takes the point farthest from its own centroid
-                far = int(d2_NxK[np.arange(n), labels].argmax())
-                c_KxD[j], labels[far] = x_NxD[far], j
-    return labels, c_KxD
 
 
 def cluster_texts(
@@ -267,7 +236,7 @@ def cluster_texts(
     """k-means on L2-normalised embeddings -> clusters as text indices, nearest to the centroid
     first; the largest cluster first (ties: the one holding the earliest text)."""
     emb = evaluate.encode(m, texts, batch_size=batch_size, label="cluster").astype(np.float64)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    emb = evaluate.l2_normalize(emb)
     labels, c_KxD = kmeans(emb, k, seed)
     clusters = []
     for j in range(k):
@@ -275,124 +244,6 @@ def cluster_texts(
         dist = ((emb[members] - c_KxD[j]) ** 2).sum(1)
         clusters.append([int(i) for i in members[np.argsort(dist, kind="stable")]])
     return sorted(clusters, key=lambda c: (-len(c), min(c)))
-
-
-def read_bias_templates(folder: str) -> tuple[list[dict], list[tuple[str, str]]]:
-    """occupations.tsv (occupation, article, female_pct) and templates.tsv (anchor, proposition).
-
-    Anchors may name {occupation} and {a} (its article), propositions also the pronoun fields of
-    PRONOUNS; any other field, or a female_pct that is not a number, is reported by file and line.
-    """
-    occ_path = os.path.join(folder, "occupations.tsv")
-    occupations = []
-    for lineno, (occupation, article, pct) in evaluate.read_tsv(
-        occ_path, ("occupation", "article", "female_pct")
-    ):
-        try:
-            female_pct = float(pct)
-        except ValueError as e:
-            raise evaluate.DataFileError(
-                f"{occ_path}:{lineno}: female_pct {pct!r} is not a number"
-            ) from e
-        occupations.append({"occupation": occupation, "article": article, "female_pct": female_pct})
-    tpl_path = os.path.join(folder, "templates.tsv")
-    templates = []
-    words = {"occupation": "", "a": ""}
-    for lineno, (anchor, prop) in evaluate.read_tsv(tpl_path, ("anchor", "proposition")):
-        for column, text, fields in (
-            ("anchor", anchor, words),
-            ("proposition", prop, {**words, **PRONOUNS["male"]}),
-        ):
-            try:
-                text.format(**fields)
-            except (KeyError, IndexError, ValueError) as e:
-                raise evaluate.DataFileError(
-                    f"{tpl_path}:{lineno}: {column} {text!r} cannot be filled from the fields "
-                    f"{', '.join('{' + f + '}' for f in fields)} ({type(e).__name__}: {e})"
-                ) from e
-        templates.append((anchor, prop))
-    for path, rows in ((occ_path, occupations), (tpl_path, templates)):
-        if not rows:
-            raise evaluate.DataFileError(f"{path}: no rows after the header")
-    return occupations, templates
-
-
-def bias_eval(m: convert.LoadedModel, folder: str, batch_size: int = 64) -> dict:
-    """Per occupation and template: does the gender-free anchor sit closer (cosine) to the male
-    or to the female proposition? Shares per occupation and overall."""
-    occupations, templates = read_bias_templates(folder)
-    triples = []  # (anchor, male proposition, female proposition)
-    for o in occupations:
-        words = {"occupation": o["occupation"], "a": o["article"]}
-        for anchor, prop in templates:
-            triples.append(
-                (
-                    anchor.format(**words),
-                    prop.format(**words, **PRONOUNS["male"]),
-                    prop.format(**words, **PRONOUNS["female"]),
-                )
-            )
-    unique = list(dict.fromkeys(t for triple in triples for t in triple))
-    emb = evaluate.encode(m, unique, batch_size=batch_size, label="bias").astype(np.float64)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    row = {t: i for i, t in enumerate(unique)}
-    a, male, female = (emb[[row[t[j]] for t in triples]] for j in range(3))
-    margin = ((a * male).sum(1) - (a * female).sum(1)).reshape(len(occupations), len(templates))
-
-    def shares(mg: np.ndarray) -> dict:
-        return {
-            "male": round(float((mg > 0).mean()), 4),
-            "female": round(float((mg < 0).mean()), 4),
-            "tie": round(float((mg == 0).mean()), 4),
-            "n": int(mg.size),
-            "mean_margin": round(float(mg.mean()), 5),  # cos(anchor, male) - cos(anchor, female)
-        }
-
-    per_occ = [
-        {"occupation": o["occupation"], "female_pct": o["female_pct"], **shares(mg)}
-        for o, mg in zip(occupations, margin, strict=True)
-    ]
-    # Does the model's lean follow the labour statistics? Negative: more female jobs, less male.
-    rho = scipy.stats.spearmanr(margin.mean(1), [o["female_pct"] for o in occupations]).statistic
-    return {
-        "model": m.path,
-        "templates": folder,
-        "overall": shares(margin),
-        "spearman_margin_vs_female_pct": round(float(rho), 4),
-        "occupations": per_occ,
-    }
-
-
-def bias_chart(report: dict, path: str) -> None:
-    """Horizontal bars: per occupation (and overall) the male / tie / female shares."""
-    import matplotlib  # only this subcommand needs it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [{"occupation": "OVERALL", **report["overall"]}, *report["occupations"]]
-    labels = [
-        r["occupation"] + (f" ({r['female_pct']:.0f}% f)" if "female_pct" in r else "")
-        for r in rows
-    ]
-    male = np.array([r["male"] for r in rows])
-    tie = np.array([r["tie"] for r in rows])
-    fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) + 1.5))
-    y = np.arange(len(rows))[::-1]
-    ax.barh(y, male, color="#4c72b0", label="prefers male proposition")
-    ax.barh(y, tie, left=male, color="#bbbbbb", label="tie")
-    ax.barh(y, 1 - male - tie, left=male + tie, color="#dd8452", label="prefers female proposition")
-    ax.axvline(0.5, color="black", linewidth=0.8)
-    ax.set_yticks(y, labels, fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of template cases (occupations in WinoBias order, BLS % female)")
-    ax.set_ylim(-0.6, len(rows) - 0.4)
-    name = "/".join(os.path.normpath(report["model"]).split(os.sep)[-2:])
-    ax.set_title(f"Gender preference of {name}")
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=3, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _print_ranking(ranking: list[tuple[int, float]], texts: Sequence[str], kind: str) -> None:
@@ -431,9 +282,9 @@ def _cmd_index(m: convert.LoadedModel, args: list[str]) -> None:
 
 def _cmd_query(m: convert.LoadedModel, args: list[str]) -> None:
     f = flags.FLAGS
-    queries = _texts(args, "queries")
+    queries = _texts(args, "queries") + ([f.query] if f.query else [])  # --query, like qa
     if not queries:
-        raise app.UsageError("search query needs at least one query")
+        raise app.UsageError('search query needs a query: --query="..." or positional texts')
     for q, hits in zip(queries, query_index(m, f.index, queries, f.top_k), strict=True):
         print(f"query: {q}\nrank     score  id  text")
         for r, h in enumerate(hits, start=1):
@@ -451,19 +302,12 @@ def _cmd_cluster(m: convert.LoadedModel, args: list[str]) -> None:
 
 def _cmd_bias(m: convert.LoadedModel, args: list[str]) -> None:
     f = flags.FLAGS
-    report = bias_eval(m, f.templates, f.batch_size)
+    report = bias.bias_eval(m, f.templates, f.batch_size)
     os.makedirs(f.output, exist_ok=True)
     with open(os.path.join(f.output, "bias.json"), "w", encoding="utf-8") as out:
         json.dump(report, out, indent=2)
-    bias_chart(report, os.path.join(f.output, "bias.png"))
-    print(f"{'occupation':<20} female%   male  female    margin")
-    for r in [{"occupation": "OVERALL", **report["overall"]}, *report["occupations"]]:
-        pct = f"{r['female_pct']:.0f}" if "female_pct" in r else ""
-        print(
-            f"{r['occupation']:<20} {pct:>7} {r['male']:6.2f} {r['female']:7.2f} "
-            f"{r['mean_margin']:9.5f}"
-        )
-    print(f"spearman(margin, female%) = {report['spearman_margin_vs_female_pct']}")
+    bias.bias_chart(report, os.path.join(f.output, "bias.png"))
+    print(bias.format_table(report))
     print(f"wrote {f.output}/bias.json and {f.output}/bias.png")
 
 
@@ -497,6 +341,8 @@ def _run(command: str, args: list[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:  # JAX's INFO lines (backend probe) on request
+        logging.set_verbosity(logging.WARNING)
     if len(argv) < 2:
         raise app.UsageError("give a command: embed, similarity, qa, search, cluster or bias")
     try:

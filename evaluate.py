@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 import tqdm
-from absl import app, flags
+from absl import app, flags, logging
 
 import convert
 import model as model_lib
@@ -57,6 +57,14 @@ def _jitted_embed(
     return jax.jit(embed)
 
 
+def l2_normalize(x_NxD: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit length, x / max(||x||, eps) (torch's F.normalize); the dtype is kept.
+
+    NumPy's; model.l2_normalize is the JAX one inside the encoder and the loss.
+    """
+    return x_NxD / np.maximum(np.linalg.norm(x_NxD, axis=-1, keepdims=True), eps)
+
+
 def encode(
     m: convert.LoadedModel,
     texts: Sequence[str],
@@ -73,7 +81,8 @@ def encode(
     once; a call with fewer texts than `batch_size` uses the next power of two (at least 8: few
     shapes to compile) instead, so a single query does not pay for 64 rows.
     """
-    params = m.params if params is None else params
+    # On the device once per call, not once per batch.
+    params = jax.device_put(m.params if params is None else params)
     n = len(texts)
     emb_NxD = np.zeros((n, m.config.hidden_size), np.float32)
     if n == 0:
@@ -163,11 +172,8 @@ def evaluate_sts(
     unique = list(dict.fromkeys(s1 + s2))  # embed each distinct sentence once
     emb = encode(m, unique, params=params, batch_size=batch_size, label=path)
     index = {t: i for i, t in enumerate(unique)}
-    a = emb[[index[t] for t in s1]].astype(np.float64)
-    b = emb[[index[t] for t in s2]].astype(np.float64)
-    cos = (a * b).sum(-1) / np.maximum(
-        np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12
-    )
+    emb = l2_normalize(emb.astype(np.float64))
+    cos = (emb[[index[t] for t in s1]] * emb[[index[t] for t in s2]]).sum(-1)
     rho = scipy.stats.spearmanr(gold, cos).statistic
     return {"task": path, "metric": "spearman_cosine", "score": round(100 * rho, 2), "n": len(gold)}
 
@@ -326,8 +332,7 @@ def evaluate_retrieval(
     data = read_beir(folder, split)
     docs = encode(m, data.doc_texts, params=params, batch_size=batch_size, label="corpus")
     queries = encode(m, data.query_texts, params=params, batch_size=batch_size, label="queries")
-    docs /= np.maximum(np.linalg.norm(docs, axis=1, keepdims=True), 1e-12)
-    queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    docs, queries = l2_normalize(docs), l2_normalize(queries)
     # Keep a few more than 100 hits so documents tied at the cut are ranked by trec_order.
     idx_QxK, scores_QxK = top_k(queries, docs, 128)
     totals = {"ndcg_at_10": 0.0, "mrr_at_10": 0.0, "recall_at_100": 0.0}
@@ -348,6 +353,8 @@ def evaluate_retrieval(
 
 
 def main(argv: Sequence[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:  # JAX's INFO lines (backend probe) on request
+        logging.set_verbosity(logging.WARNING)
     del argv
     f = flags.FLAGS
     if not f.model:

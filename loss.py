@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import model as model_lib
+
 SIMILARITIES = ("cosine", "dot")
 
 # Finite rather than -inf: exp() of it underflows to exactly 0 in float32, and a row whose
@@ -38,9 +40,8 @@ def _prepare(x: jax.Array, similarity: str) -> jax.Array:
     # turns into logit errors of ~0.1.
     x = x.astype(jnp.float32)
     if similarity == "cosine":
-        # Same eps as torch.nn.functional.normalize, which sentence-transformers' cos_sim uses;
-        # rsqrt of a clamped square keeps the gradient of an all-zero row finite.
-        x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+        # torch.nn.functional.normalize, which sentence-transformers' cos_sim uses.
+        x = model_lib.l2_normalize(x)
     return x
 
 
@@ -58,7 +59,7 @@ def gather_rows(x: jax.Array, axis_name: str) -> jax.Array:
     The plain gather's transpose is a reduce-scatter. In multi-process CPU runs (XLA:CPU's gloo
     collectives), the train step with it spent 3.6 s per step in the gradient all-reduce (2
     processes x 2 devices, with or without GradCache); with this gradient the steps take
-    0.1-0.15 s. An empirical workaround: bench_collectives.py stalls with either form, and the
+    0.1-0.15 s. An empirical workaround: benchmarks/collectives.py stalls with either form, and the
     cause inside XLA is not known. Same values either way; the [G*B, D] cotangent it sums is
     small next to the parameter gradients, and accelerators run it over ICI/NCCL.
     """

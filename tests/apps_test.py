@@ -15,6 +15,7 @@ import pytest
 from absl import flags
 
 import apps
+import bias
 import convert
 import evaluate
 
@@ -130,6 +131,18 @@ def test_search_index_and_query(ref, tmp_path, capsys):
     lines = printed.splitlines()
     assert lines[0] == "query: What do pandas eat?" and len(lines) == 4
     assert lines[2].split()[2] == "4"  # ids are line numbers; the blank line 3 is skipped
+    # --query works as for qa, and gives the same hits as the positional query.
+    assert (
+        _cli(
+            capsys,
+            "search",
+            "query",
+            f"--index={index}",
+            "--top_k=2",
+            "--query=What do pandas eat?",
+        )
+        == printed
+    )
 
     queries = ["What do pandas eat?", "Which city is the capital of France?"]
     hits = apps.query_index(ref, index, queries, top_k=10)
@@ -218,14 +231,14 @@ def test_cluster_groups_topics(tmp_path, capsys):
 
 
 def test_shipped_bias_templates_differ_only_by_pronoun():
-    occupations, templates = apps.read_bias_templates(
+    occupations, templates = bias.read_bias_templates(
         os.path.join(apps.HERE, "sample_data", "bias")
     )
     assert len(occupations) == 40 and len({o["occupation"] for o in occupations}) == 40
     pct = [o["female_pct"] for o in occupations]
     assert pct == sorted(pct) and pct[0] == 2 and pct[-1] == 95  # Zhao et al. 2018, Table 1
-    gendered = {w.lower() for p in apps.PRONOUNS.values() for w in p.values()}
-    male, female = apps.PRONOUNS["male"], apps.PRONOUNS["female"]
+    gendered = {w.lower() for p in bias.PRONOUNS.values() for w in p.values()}
+    male, female = bias.PRONOUNS["male"], bias.PRONOUNS["female"]
     counterparts = {(male[key], female[key]) for key in male}  # He/She, him/her, his/her, ...
     for o in occupations:
         words = {"occupation": o["occupation"], "a": o["article"]}
@@ -267,7 +280,7 @@ def test_bias_template_errors_name_file_and_line(tmp_path):
     }
     for name, (occupations, templates) in bad.items():
         with pytest.raises(evaluate.DataFileError, match=expected[name]):
-            apps.read_bias_templates(folder(name, occupations, templates))
+            bias.read_bias_templates(folder(name, occupations, templates))
 
 
 def test_bias_matches_a_direct_computation(ref, tmp_path, capsys):
