@@ -144,9 +144,30 @@ def smoke(c: ml_collections.ConfigDict) -> None:
 VARIANTS = {"demo": demo, "smoke": smoke}
 
 
+def split_arg(arg: str) -> list[str]:
+    """'demo,data.bucket_lengths=(32,64),lr=1e-5' -> its parts: commas inside brackets or quotes
+    belong to the value."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(arg):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(arg[start:i])
+            start = i + 1
+    if depth or quote:
+        raise ValueError(f"config argument {arg!r}: unbalanced brackets or quotes")
+    return [p for p in [*parts, arg[start:]] if p]
+
+
 def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
     """Apply 'variant,field=value,...' to `c` (values parsed as Python literals when possible)."""
-    for part in filter(None, (arg or "").split(",")):
+    for part in split_arg(arg or ""):
         if "=" not in part:
             if part not in VARIANTS:
                 raise ValueError(f"unknown config variant {part!r} (known: {sorted(VARIANTS)})")
@@ -157,13 +178,18 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.C
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             pass  # a bare string
-        node, *path = key.split(".")
+        *groups, name = key.split(".")
         target = c
-        for name in [node, *path][:-1]:
-            target = target[name]
-        if [node, *path][-1] not in target:
+        for g in groups:
+            if g not in target or not isinstance(target[g], ml_collections.ConfigDict):
+                raise ValueError(f"unknown config field {key!r}")
+            target = target[g]
+        if name not in target:
             raise ValueError(f"unknown config field {key!r}")
-        target[[node, *path][-1]] = value
+        try:
+            target[name] = value
+        except TypeError as e:  # ml_collections keeps each field's type
+            raise ValueError(f"config field {key}: {value!r} does not fit ({e})") from e
     return c
 
 
