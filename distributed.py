@@ -2,8 +2,8 @@
 
 The run itself (main.py) is the same in one process and in many: it calls `initialize` before
 any JAX computation, puts host values on the mesh with `replicate`, and wraps its loop in a
-`StepWatchdog` that ends a process stuck in a step whose peer died. README.md, "Multi-host
-training", says what each process does and how to launch one run over several hosts.
+`StepWatchdog` that ends a process stuck in a step whose peer died. docs/multihost.md says
+what each process does and how to launch one run over several hosts.
 """
 
 from __future__ import annotations

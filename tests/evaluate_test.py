@@ -73,6 +73,7 @@ def test_encode_keeps_input_order():
     assert not np.allclose(emb[0], emb[1], atol=1e-2)
 
 
+@pytest.mark.slow
 def test_cli_prints_one_json_line_per_file(first100, tmp_path):
     other = _write(
         tmp_path / "tiny.tsv.gz",
@@ -98,6 +99,7 @@ def test_cli_prints_one_json_line_per_file(first100, tmp_path):
     assert set(lines[0]) == {"task", "metric", "score", "n"}
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_file_without_a_traceback(tmp_path):
     bad = _write(tmp_path / "bad.tsv.gz", "sentence1\tsentence2\tscore\nx\ty\tn/a\n")
     out = subprocess.run(

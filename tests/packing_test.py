@@ -155,6 +155,7 @@ def plain_run(tmp_path_factory):
     return _run(tmp, "plain1", jax.devices()[:1], **{"data.packing": False})
 
 
+@pytest.mark.slow
 def test_training_packed_equals_unpacked_on_1_and_8_devices(tmp_path, plain_run):
     one = jax.devices()[:1]
     l_plain1, p_plain1 = plain_run
@@ -166,6 +167,7 @@ def test_training_packed_equals_unpacked_on_1_and_8_devices(tmp_path, plain_run)
     chex.assert_trees_all_close(p_pack8, p_plain1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_packing_with_gradcache_equals_plain(tmp_path, plain_run):
     # 8 devices x 2 examples x 3 columns: packed rows come in multiples of the chunk (2 rows).
     l_plain, p_plain = plain_run

@@ -11,6 +11,8 @@ import convert
 import main
 from configs import base
 
+pytestmark = pytest.mark.slow  # trainer runs
+
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
