@@ -154,6 +154,27 @@ def test_config_arg_parsing():
         base.get_config("tiny")
 
 
+def test_config_arg_takes_tuples_and_quoted_commas():
+    c = base.get_config("smoke,data.bucket_lengths=(32,64),eval.sts_files=('a,b.tsv',),lr=0.5")
+    assert c.data.bucket_lengths == (32, 64) and c.eval.sts_files == ("a,b.tsv",)
+    assert (c.lr, c.data.max_seq_len) == (0.5, 32)  # the parts around them still apply
+    with pytest.raises(ValueError, match="unbalanced"):
+        base.get_config("smoke,data.bucket_lengths=(32,64")
+    with pytest.raises(ValueError, match="config field batch_size"):
+        base.get_config("smoke,batch_size=1.5")
+
+
+def test_config_flag_passes_tuples_through(tmp_path):
+    """The whole command-line path: absl's config flag hands everything after ':' to get_config."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=values)
+    values(["main.py", f"--config={ROOT}/configs/base.py:smoke,data.bucket_lengths=(32,64)"])
+    assert values.config.data.bucket_lengths == (32, 64)
+
+
 @pytest.mark.parametrize(
     "name, field, value",
     [
