@@ -144,9 +144,9 @@ def smoke(c: ml_collections.ConfigDict) -> None:
 VARIANTS = {"demo": demo, "smoke": smoke}
 
 
-def split_arg(arg: str) -> list[str]:
+def split_arg(arg: str, sep: str = ",") -> list[str]:
     """'demo,data.bucket_lengths=(32,64),lr=1e-5' -> its parts: commas inside brackets or quotes
-    belong to the value."""
+    belong to the value. `sep` is the separator (sweep.py splits its cells on ';')."""
     parts, depth, quote, start = [], 0, "", 0
     for i, ch in enumerate(arg):
         if quote:
@@ -157,7 +157,7 @@ def split_arg(arg: str) -> list[str]:
             depth += 1
         elif ch in ")]}":
             depth -= 1
-        elif ch == "," and depth == 0:
+        elif ch == sep and depth == 0:
             parts.append(arg[start:i])
             start = i + 1
     if depth or quote:

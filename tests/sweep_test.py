@@ -1,0 +1,250 @@
+"""sweep.py and results.py: grids and named cells, the results table and its verdicts, and a
+two-cell smoke sweep end to end (killed from outside, then resumed without redoing finished
+cells)."""
+
+import fcntl
+import gzip
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import results
+import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_grid_is_a_cartesian_product_with_tuple_values():
+    cells = sweep.parse_grid("batch_size=8,32;data.bucket_lengths=(32,64),(64,128)")
+    assert [c.overrides for c in cells] == [
+        "batch_size=8,data.bucket_lengths=(32,64)",
+        "batch_size=8,data.bucket_lengths=(64,128)",
+        "batch_size=32,data.bucket_lengths=(32,64)",
+        "batch_size=32,data.bucket_lengths=(64,128)",
+    ]
+    assert [c.name for c in cells] == [c.overrides for c in cells]
+    # A ';' inside quotes belongs to the value.
+    (cell,) = sweep.parse_grid("init_from='a;b'")
+    assert cell.overrides == "init_from='a;b'"
+    with pytest.raises(sweep.SweepError, match="not 'field=value1"):
+        sweep.parse_grid("batch_size")
+
+
+def test_named_cells():
+    cells = sweep.parse_cells(
+        "base:; batch 8 : batch_size=8, lr=1e-5;tuple:data.bucket_lengths=(16,32)"
+    )
+    assert [(c.name, c.overrides) for c in cells] == [
+        ("base", ""),
+        ("batch 8", "batch_size=8,lr=1e-5"),
+        ("tuple", "data.bucket_lengths=(16,32)"),
+    ]
+    with pytest.raises(sweep.SweepError, match="not 'name:field"):
+        sweep.parse_cells("batch_size=8")
+
+
+def _runs(tmp_path, cells, seeds=(0, 1), evals=None):
+    evals = [os.path.join(ROOT, "sample_data", "stsb", "dev.tsv.gz")] if evals is None else evals
+    return sweep.build_runs("configs/base.py:smoke", cells, seeds, str(tmp_path), evals, "cc")
+
+
+def test_runs_resolve_overrides_seeds_and_eval(tmp_path):
+    cells = sweep.parse_cells("a:;b:batch_size=8,data.bucket_lengths=(16,32)")
+    runs = _runs(tmp_path, cells)
+    assert [(r.cell.name, r.seed) for r in runs] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert runs[3].dir == str(tmp_path / "cells" / "b" / "seed_1")
+    c = sweep.resolve_config(runs[3].spec)
+    assert (c.batch_size, tuple(c.data.bucket_lengths), c.seed) == (8, (16, 32), 1)
+    assert c.total_steps == 12  # the :smoke variant underneath
+    assert c.eval.sts_files == (os.path.join(ROOT, "sample_data", "stsb", "dev.tsv.gz"),)
+    assert c.eval.retrieval_dirs == ()
+    assert c.compilation_cache_dir == str(tmp_path / "cc")  # one cache for every cell
+    folder = os.path.join(ROOT, "sample_data", "retrieval", "scifact")
+    c = sweep.resolve_config(_runs(tmp_path, cells[:1], evals=[folder])[0].spec)
+    assert (c.eval.sts_files, c.eval.retrieval_dirs) == ((), (folder,))
+
+
+def test_bad_sweeps_fail_before_training_naming_the_cell(tmp_path):
+    with pytest.raises(ValueError, match="cell 'b'.*unknown config field 'no_such'"):
+        _runs(tmp_path, sweep.parse_cells("a:;b:no_such=1"))
+    with pytest.raises(sweep.SweepError, match="seed comes from --seeds"):
+        _runs(tmp_path, sweep.parse_cells("a:seed=3"))
+    with pytest.raises(sweep.SweepError, match="unique"):
+        _runs(tmp_path, sweep.parse_cells("a:;a:lr=1.0"))
+    with pytest.raises(sweep.SweepError, match="nothing to evaluate"):
+        _runs(tmp_path, sweep.parse_cells("a:"), evals=[])
+    with pytest.raises(sweep.SweepError, match="does not exist"):
+        _runs(tmp_path, sweep.parse_cells("a:"), evals=["/no/such/file.tsv"])
+
+
+def test_a_changed_cell_definition_is_an_error(tmp_path):
+    (run,) = _runs(tmp_path, sweep.parse_cells("a:lr=1e-3"), seeds=(0,))
+    sweep.check_spec(run)
+    sweep.check_spec(run)  # same definition: fine
+    (changed,) = _runs(tmp_path, sweep.parse_cells("a:lr=2e-3"), seeds=(0,))
+    with pytest.raises(sweep.SweepError, match="different definition.*lr=1e-3.*lr=2e-3"):
+        sweep.check_spec(changed)
+
+
+def _record(name, seed, score, sts=80.0, wall=10.0):
+    evals = [
+        {"task": "/x/scifact", "metric": "ndcg_at_10", "score": score, "n": 3, "mrr_at_10": 1.0},
+        {"task": "/x/sts.tsv", "metric": "spearman_cosine", "score": sts, "n": 5},
+    ]
+    return {
+        "name": name,
+        "seed": seed,
+        "evals": evals,
+        "scores": results.scores_of(evals),
+        "train_wall_s": wall,
+        "pairs_per_s": 100 / wall,
+        "machine": "m",
+        "commit": "c",
+        "date": "2026-12-01T10:00:00",
+        "load": [1.0, 1.0, 1.0],
+    }
+
+
+def test_statistics_and_the_exceeds_verdict():
+    base = results.Stat([60.0, 62.0])  # mean 61, std sqrt(2)
+    assert base.mean == 61.0 and math.isclose(base.std, math.sqrt(2))
+    # spread = hypot(sqrt 2, sqrt 2) = 2: a difference of 2.5 exceeds it, 1.5 does not.
+    assert results.versus(results.Stat([63.0, 64.0, 63.5]), base)[1] == "yes"
+    assert results.versus(results.Stat([62.0, 63.0]), base) == (1.5, "no")
+    assert results.versus(results.Stat([59.0, 58.0]), base) == (-2.5, "yes")
+    assert results.versus(results.Stat([70.0]), base)[1] == "n/a"  # one seed: no spread
+
+
+def test_results_table_and_chart(tmp_path):
+    recs = [
+        _record("base", 0, 60.0),
+        _record("base", 1, 62.0),
+        _record("big", 0, 64.0, sts=79.0),
+        _record("big", 1, 65.0, sts=81.0),
+        _record("same", 0, 61.0),
+    ]
+    cells = [("base", ""), ("big", "batch_size=128"), ("same", "lr=1e-5")]
+    results.write(str(tmp_path), recs, cells, seeds=[0, 1], baseline="base", main="scifact")
+    md = (tmp_path / "results.md").read_text()
+    assert results.exceeds_text() in md
+    assert "Machine: m. Date: 2026-12-01. Commit: c" in md
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if "|" in line}
+    assert rows["big"] == (
+        "| big | `batch_size=128` | 2/2 | 64.50 ± 0.71 | +3.50 (yes) | 80.00 ± 1.41 | "
+        "+0.00 (no) | 10 ± 0 | 10.0 ± 0.0 |"
+    )
+    assert "| same | `lr=1e-5` | 1/2 | 61.00 | +0.00 (n/a) |" in rows["same"]
+    assert "| base | (the config) | 2/2 | 61.00 ± 1.41 | baseline |" in rows["base"]
+    header = md.splitlines()[
+        [i for i, x in enumerate(md.splitlines()) if x.startswith("| cell")][0]
+    ]
+    assert header.startswith("| cell | overrides | seeds | /x/scifact ndcg_at_10 |")
+    got = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert got == recs
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_time_sums_attempts():
+    metrics = [
+        {"step": 1, "loss": 1.0, "elapsed_s": 5.0},
+        {"step": 2, "loss": 1.0, "elapsed_s": 7.0},
+        {"step": 2, "eval": {"task": "t", "metric": "m", "score": 1.0}},
+        {"step": 3, "loss": 1.0, "elapsed_s": 9.0},  # killed after this; resumed from step 2
+        {"step": 3, "loss": 1.0, "elapsed_s": 4.0},
+        {"step": 4, "loss": 1.0, "elapsed_s": 6.0},
+    ]
+    assert results.train_time(metrics) == (15.0, 2)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _metrics(run_dir):
+    return results.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+
+
+def _locked(run_dir):
+    """The pid in a cell's lock file while a process holds the lock (gone when it dies)."""
+    path = os.path.join(run_dir, sweep.LOCK)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            return int(f.read().strip())
+    return None
+
+
+@pytest.mark.slow
+def test_smoke_sweep_killed_and_resumed(tmp_path):
+    sts = tmp_path / "sts.tsv"
+    with gzip.open(os.path.join(ROOT, "sample_data", "stsb", "dev.tsv.gz"), "rt") as f:
+        sts.write_text("".join(next(f) for _ in range(41)))  # header + 40 pairs
+    workdir = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "sweep.py"),
+        "--config=configs/base.py:smoke",
+        "--cells=short:total_steps=4;long:total_steps=12",
+        "--seeds=0",
+        f"--workdir={workdir}",
+        f"--eval={sts}",
+        f"--compilation_cache={os.environ.get('JAX_COMPILATION_CACHE_DIR', '')}",
+    ]
+    short, long = workdir / "cells" / "short" / "seed_0", workdir / "cells" / "long" / "seed_0"
+    # The 12-step cell stops itself after step 6 (checkpoint at step 4; main.py's fault hook),
+    # the 4-step one never gets there; then the sweep is killed from outside.
+    env = dict(os.environ, SENTEMB_KILL_AT_STEP="6", SENTEMB_KILL_SIGNAL="SIGSTOP")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.time() + 600
+        while not any(r.get("step") == 5 and "loss" in r for r in _metrics(long)):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert (short / sweep.RESULT).exists()  # the first cell finished before the second began
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # The cell's process dies with the sweep (PR_SET_PDEATHSIG), releasing its lock.
+        deadline = time.time() + 60
+        while _locked(long):
+            assert time.time() < deadline, "the cell outlived its killed sweep"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        if pid := _locked(long):
+            os.kill(pid, signal.SIGKILL)
+    assert not (long / sweep.RESULT).exists()
+    assert sorted(os.listdir(long / "checkpoints")) == [f"{4:09d}"]
+    before = {p: os.stat(short / p).st_mtime_ns for p in ("metrics.jsonl", sweep.RESULT)}
+    short_metrics = (short / "metrics.jsonl").read_text()
+
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "1 of 2 runs already finished: skipped" in r.stdout
+    # The finished cell was not touched; the other resumed from its checkpoint.
+    assert {p: os.stat(short / p).st_mtime_ns for p in before} == before
+    assert (short / "metrics.jsonl").read_text() == short_metrics
+    assert (short / sweep.LOG).read_text().count("--- ") == 1  # launched once
+    assert "resuming from step 4" in (long / sweep.LOG).read_text()
+
+    got = [json.loads(x) for x in (workdir / "results.jsonl").read_text().splitlines()]
+    assert [(g["name"], g["seed"], g["steps"]) for g in got] == [("short", 0, 4), ("long", 0, 12)]
+    for g, run_dir in zip(got, (short, long), strict=True):
+        # Each score is the cell's own final evaluation, as its metrics.jsonl records it.
+        own = [m["eval"] for m in _metrics(run_dir) if "eval" in m and m["step"] == g["steps"]]
+        assert g["evals"] == own and len(own) == 1 and own[0]["task"] == str(sts)
+        assert g["scores"] == {f"{sts} spearman_cosine": own[0]["score"]}
+        assert g["train_wall_s"] > 0 and g["pairs_per_s"] > 0
+    assert got[1]["attempts"] == 2  # killed once, resumed once
+    md = (workdir / "results.md").read_text()
+    assert "| short | `total_steps=4` | 1/1 |" in md and "| long | `total_steps=12` | 1/1 |" in md
+    assert (workdir / "results.png").stat().st_size > 0
