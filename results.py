@@ -416,6 +416,10 @@ def comparison(
         labels = [first] + [x for x in labels if x != first]
     a, b = names
     out = [f"# {a} and {b}, cell by cell", "", *notes, ""]
+    for cell in cells:
+        configs = {r.get("config") for r in records if r["name"] == cell}
+        if len(configs) > 1:
+            out += [f"**Cell {cell!r} was trained from different configs**: {sorted(configs)}.", ""]
     if records:
         out += [_provenance_line(records), ""]
     out += [exceeds_text(b), ""]

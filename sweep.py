@@ -288,7 +288,10 @@ def run_cell(run_dir: str) -> None:
             tasks=tasks,
             steps=config.total_steps,
             batch_size=config.batch_size,
-            extra={"devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}"},
+            extra={
+                "config": spec["config"],
+                "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+            },
         )
         results._atomic_write(os.path.join(run_dir, RESULT), json.dumps(record) + "\n")
         print("cell result: " + json.dumps(record["scores"]), flush=True)
@@ -312,9 +315,9 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return set_up
 
 
-def launch(cmd: Sequence[str], run_dir: str, echo: bool) -> int:
+def launch(cmd: Sequence[str], run_dir: str, echo: bool) -> tuple[int, str]:
     """Run one cell's command; its output goes to RUN/log.txt (appended) and, with `echo`, to
-    the console. Returns the exit status."""
+    the console. Returns the exit status and the last line of output (the error, if any)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [env.get("PYTHONPATH")])])
     with open(os.path.join(run_dir, LOG), "a") as log:
@@ -329,13 +332,15 @@ def launch(cmd: Sequence[str], run_dir: str, echo: bool) -> int:
             env=env,
             preexec_fn=_die_with_parent(os.getpid()),
         )
+        last = ""
         for line in proc.stdout:
             log.write(line)
             log.flush()
+            last = line.strip() or last
             if echo:
                 sys.stdout.write("    " + line)
                 sys.stdout.flush()
-        return proc.wait()
+        return proc.wait(), last
 
 
 def _minutes(s: float) -> str:
@@ -355,7 +360,7 @@ def run_sweep(
     Returns the runs that failed (their logs hold why); a rerun retries them.
     """
     os.makedirs(workdir, exist_ok=True)
-    failed, durations, skipped = [], [], 0
+    failed, durations = [], []
     with exclusive(os.path.join(workdir, LOCK), f"sweep {workdir}"):
         for run in runs:
             check_spec(run)
@@ -371,18 +376,18 @@ def run_sweep(
             )
             print(
                 f"[{skipped + i + 1}/{len(runs)}] cell {run.cell.name!r} seed {run.seed} "
-                f"({skipped + i} done, {len(failed)} failed; {eta}) in {run.dir}",
+                f"({skipped + len(durations)} done, {len(failed)} failed; {eta}) in {run.dir}",
                 flush=True,
             )
             t0 = time.time()
-            status = launch(command(run), run.dir, echo)
+            status, last = launch(command(run), run.dir, echo)
             record = finished(run, tasks(run))
             if status or record is None:
                 failed.append(run)
                 print(
                     f"[{skipped + i + 1}/{len(runs)}] cell {run.cell.name!r} seed {run.seed} "
-                    f"FAILED (exit {status}); see {os.path.join(run.dir, LOG)}; run the sweep "
-                    "again to retry it (training resumes from its last checkpoint)",
+                    f"FAILED (exit {status}): {last}\n    full log: {os.path.join(run.dir, LOG)}; "
+                    "run the sweep again to retry it (training resumes from its last checkpoint)",
                     flush=True,
                 )
             else:

@@ -289,7 +289,10 @@ def run_cell(run_dir: str, eval_python: str, batch_sampler: str) -> None:
             tasks=tasks,
             steps=config.total_steps,
             batch_size=config.batch_size,
-            extra={k: v for k, v in info.items() if k != "steps_done"},
+            extra={
+                "config": spec["config"],
+                **{k: v for k, v in info.items() if k != "steps_done"},
+            },
         )
         results._atomic_write(os.path.join(run_dir, sweep.RESULT), json.dumps(record) + "\n")
         print("cell result: " + json.dumps(record["scores"]), flush=True)

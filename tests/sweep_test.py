@@ -5,7 +5,6 @@ cells)."""
 import fcntl
 import gzip
 import json
-import math
 import os
 import signal
 import subprocess
@@ -90,76 +89,6 @@ def test_a_changed_cell_definition_is_an_error(tmp_path):
     (changed,) = _runs(tmp_path, sweep.parse_cells("a:lr=2e-3"), seeds=(0,))
     with pytest.raises(sweep.SweepError, match="different definition.*lr=1e-3.*lr=2e-3"):
         sweep.check_spec(changed)
-
-
-def _record(name, seed, score, sts=80.0, wall=10.0):
-    evals = [
-        {"task": "/x/scifact", "metric": "ndcg_at_10", "score": score, "n": 3, "mrr_at_10": 1.0},
-        {"task": "/x/sts.tsv", "metric": "spearman_cosine", "score": sts, "n": 5},
-    ]
-    return {
-        "name": name,
-        "seed": seed,
-        "evals": evals,
-        "scores": results.scores_of(evals),
-        "train_wall_s": wall,
-        "pairs_per_s": 100 / wall,
-        "machine": "m",
-        "commit": "c",
-        "date": "2026-12-01T10:00:00",
-        "load": [1.0, 1.0, 1.0],
-    }
-
-
-def test_statistics_and_the_exceeds_verdict():
-    base = results.Stat([60.0, 62.0])  # mean 61, std sqrt(2)
-    assert base.mean == 61.0 and math.isclose(base.std, math.sqrt(2))
-    # spread = hypot(sqrt 2, sqrt 2) = 2: a difference of 2.5 exceeds it, 1.5 does not.
-    assert results.versus(results.Stat([63.0, 64.0, 63.5]), base)[1] == "yes"
-    assert results.versus(results.Stat([62.0, 63.0]), base) == (1.5, "no")
-    assert results.versus(results.Stat([59.0, 58.0]), base) == (-2.5, "yes")
-    assert results.versus(results.Stat([70.0]), base)[1] == "n/a"  # one seed: no spread
-
-
-def test_results_table_and_chart(tmp_path):
-    recs = [
-        _record("base", 0, 60.0),
-        _record("base", 1, 62.0),
-        _record("big", 0, 64.0, sts=79.0),
-        _record("big", 1, 65.0, sts=81.0),
-        _record("same", 0, 61.0),
-    ]
-    cells = [("base", ""), ("big", "batch_size=128"), ("same", "lr=1e-5")]
-    results.write(str(tmp_path), recs, cells, seeds=[0, 1], baseline="base", main="scifact")
-    md = (tmp_path / "results.md").read_text()
-    assert results.exceeds_text() in md
-    assert "Machine: m. Date: 2026-12-01. Commit: c" in md
-    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if "|" in line}
-    assert rows["big"] == (
-        "| big | `batch_size=128` | 2/2 | 64.50 ± 0.71 | +3.50 (yes) | 80.00 ± 1.41 | "
-        "+0.00 (no) | 10 ± 0 | 10.0 ± 0.0 |"
-    )
-    assert "| same | `lr=1e-5` | 1/2 | 61.00 | +0.00 (n/a) |" in rows["same"]
-    assert "| base | (the config) | 2/2 | 61.00 ± 1.41 | baseline |" in rows["base"]
-    header = md.splitlines()[
-        [i for i, x in enumerate(md.splitlines()) if x.startswith("| cell")][0]
-    ]
-    assert header.startswith("| cell | overrides | seeds | /x/scifact ndcg_at_10 |")
-    got = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert got == recs
-    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_train_time_sums_attempts():
-    metrics = [
-        {"step": 1, "loss": 1.0, "elapsed_s": 5.0},
-        {"step": 2, "loss": 1.0, "elapsed_s": 7.0},
-        {"step": 2, "eval": {"task": "t", "metric": "m", "score": 1.0}},
-        {"step": 3, "loss": 1.0, "elapsed_s": 9.0},  # killed after this; resumed from step 2
-        {"step": 3, "loss": 1.0, "elapsed_s": 4.0},
-        {"step": 4, "loss": 1.0, "elapsed_s": 6.0},
-    ]
-    assert results.train_time(metrics) == (15.0, 2)
 
 
 # ----------------------------------------------------------------------------- end to end
