@@ -5,22 +5,13 @@
     python sweep.py --config=configs/scifact.py --seeds=0,1 --baseline=base --workdir=runs/sym \\
         --cells="base:;one direction:loss.symmetric=False"
 
---grid is a cartesian product, "field=v1,v2;field2=a,b" (values are Python literals as in the
-config argument; commas inside brackets or quotes belong to the value, so
-`data.bucket_lengths=(32,64),(64,128)` has two values). --cells lists named cells,
-"name:field=v,field2=w;name2:..." (nothing after the colon: the config itself). Both may be
-given (named cells first); without either, the config itself is the one cell. Overrides are
-applied on top of CONFIG[:ARGS]; `seed` comes from --seeds. --eval (STS files and BEIR folders)
-replaces the config's eval.sts_files / eval.retrieval_dirs; without it the config's own are used.
-
-Each (cell, seed) trains in WORKDIR/cells/<cell>/seed_<s>/ (a normal main.py workdir:
-checkpoints/, metrics.jsonl, export/) in its own subprocess running `main.train`, which
-evaluates at the end; the cell's result.json takes its scores from its metrics.jsonl. A crash
-of one cell is reported and the sweep goes on; a finished cell is skipped on rerun, and a killed
-sweep run again continues where it stopped (an interrupted cell resumes from its last
-checkpoint). All cells share one persistent compilation cache (--compilation_cache). After
-every cell WORKDIR/results.jsonl, results.md and results.png are rewritten (results.py).
-See docs/sweeps.md.
+--grid "f=v1,v2;g=a,b" is a cartesian product, --cells "name:f=v,g=w;name2:..." named cells
+(values as in the config argument: `data.bucket_lengths=(32,64),(64,128)` is two values). Each
+(cell, seed) trains in WORKDIR/cells/<cell>/seed_<s>/, a main.py workdir, in its own subprocess
+(`main.train`, which evaluates at the end); result.json takes the scores from its metrics.jsonl.
+A failed run is reported and the sweep goes on; a rerun skips finished runs and resumes
+interrupted ones. After every run results.jsonl / .md / .png are rewritten (results.py).
+Everything else: docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -72,7 +63,8 @@ class Run:
     cell: Cell
     seed: int
     dir: str
-    spec: dict[str, Any]
+    spec: dict[str, Any]  # what cell.json holds
+    tasks: tuple[str, ...]  # the eval tasks its result must cover
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -111,14 +103,10 @@ def load_config_module(path: str):
     """The config file as a module (as ml_collections' config flag loads it), loaded once."""
     if not os.path.isfile(path):
         raise SweepError(f"--config: {path!r} is not a file")
-    spec = importlib.util.spec_from_file_location(f"_sweep_config_{len(_LOADED)}", path)
+    spec = importlib.util.spec_from_file_location(f"_sweep_config_{slug(path)}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    _LOADED.append(path)
     return module
-
-
-_LOADED: list[str] = []
 
 
 def resolve_config(spec: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -194,7 +182,7 @@ def build_runs(
             run_dir = os.path.join(
                 os.path.abspath(workdir), "cells", slug(cell.name), f"seed_{seed}"
             )
-            runs.append(Run(cell, int(seed), run_dir, spec))
+            runs.append(Run(cell, int(seed), run_dir, spec, tuple(eval_tasks(c))))
     return runs
 
 
@@ -214,15 +202,15 @@ def check_spec(run: Run) -> None:
     results._atomic_write(path, json.dumps(run.spec, indent=1) + "\n")
 
 
-def finished(run: Run, tasks: Sequence[str]) -> dict | None:
-    """The run's result record when it is complete for `tasks`, else None."""
+def finished(run: Run) -> dict | None:
+    """The run's result record when it covers all the run's eval tasks, else None."""
     path = os.path.join(run.dir, RESULT)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         record = json.load(f)
     done = {r["task"] for r in record["evals"]}
-    return record if all(t in done for t in tasks) else None
+    return record if all(t in done for t in run.tasks) else None
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -352,7 +340,6 @@ def run_sweep(
     workdir: str,
     command: Callable[[Run], list[str]],
     write: Callable[[list[dict]], None],
-    tasks: Callable[[Run], list[str]],
     echo: bool = True,
 ) -> list[Run]:
     """Train every unfinished run with `command(run)`, rewriting the results after each.
@@ -364,7 +351,7 @@ def run_sweep(
     with exclusive(os.path.join(workdir, LOCK), f"sweep {workdir}"):
         for run in runs:
             check_spec(run)
-        todo = [r for r in runs if finished(r, tasks(r)) is None]
+        todo = [r for r in runs if finished(r) is None]
         skipped = len(runs) - len(todo)
         if skipped:
             print(f"{skipped} of {len(runs)} runs already finished: skipped", flush=True)
@@ -381,7 +368,7 @@ def run_sweep(
             )
             t0 = time.time()
             status, last = launch(command(run), run.dir, echo)
-            record = finished(run, tasks(run))
+            record = finished(run)
             if status or record is None:
                 failed.append(run)
                 print(
@@ -397,19 +384,14 @@ def run_sweep(
                     f"[{skipped + i + 1}/{len(runs)}] done in {_minutes(durations[-1])}: {scores}",
                     flush=True,
                 )
-            write(collect(runs, tasks))
-        write(collect(runs, tasks))
+            write(collect(runs))
+        write(collect(runs))
     return failed
 
 
-def collect(runs: Sequence[Run], tasks: Callable[[Run], list[str]]) -> list[dict]:
+def collect(runs: Sequence[Run]) -> list[dict]:
     """The finished runs' records, in plan order."""
-    return [r for r in (finished(run, tasks(run)) for run in runs) if r is not None]
-
-
-def cells_from_flags(f) -> list[Cell]:
-    cells = parse_cells(f.cells) + parse_grid(f.grid)
-    return cells or [Cell("config", "")]
+    return [r for r in (finished(run) for run in runs) if r is not None]
 
 
 def define_flags() -> None:
@@ -432,24 +414,81 @@ def define_flags() -> None:
     )
 
 
-def plan_from_flags(f, compilation_cache: str = "") -> tuple[list[Cell], list[int], list[Run]]:
-    if not f.config or not f.workdir:
-        raise app.UsageError("--config and --workdir are required")
-    cells = cells_from_flags(f)
+def sweep_main(
+    f,
+    command: Callable[[Run], list[str]],
+    *,
+    system: str = "",
+    notes: Sequence[str] = (),
+    extra_overrides: dict[str, str] | None = None,
+    skip: Callable[[Run], str] | None = None,
+    after_write: Callable[[list[dict], list[Cell]], None] | None = None,
+) -> None:
+    """The sweep from the shared flags: plan, check, run every unfinished run with
+    `command(run)`, write the results; exits non-zero naming failed runs.
+
+    benchmarks/st_sweep.py passes its own `command`, `extra_overrides` per cell (--st_cells),
+    `skip` (why a run cannot be trained there, '' when it can) and `after_write`.
+    """
     try:
-        seeds = [int(s) for s in f.seeds]
-    except ValueError as e:
-        raise app.UsageError(f"--seeds: integers, e.g. 0,1 ({e})") from e
-    runs = build_runs(f.config, cells, seeds, f.workdir, f.eval, compilation_cache)
-    if f.baseline and f.baseline not in [c.name for c in cells]:
-        raise SweepError(f"--baseline {f.baseline!r} is not a cell: {[c.name for c in cells]}")
-    return cells, seeds, runs
+        if not f.config or not f.workdir:
+            raise SweepError("--config and --workdir are required")
+        cells = parse_cells(f.cells) + parse_grid(f.grid) or [Cell("config", "")]
+        extra = extra_overrides or {}
+        unknown = sorted(set(extra) - {c.name for c in cells})
+        if unknown:
+            raise SweepError(f"extra overrides for {unknown}, which are not cells")
+        cells = [
+            Cell(c.name, ",".join(filter(None, [c.overrides, extra.get(c.name)]))) for c in cells
+        ]
+        try:
+            seeds = [int(s) for s in f.seeds]
+        except ValueError as e:
+            raise SweepError(f"--seeds: integers, e.g. 0,1 ({e})") from e
+        runs = build_runs(f.config, cells, seeds, f.workdir, f.eval, f.compilation_cache)
+        if f.baseline and f.baseline not in [c.name for c in cells]:
+            raise SweepError(f"--baseline {f.baseline!r} is not a cell: {[c.name for c in cells]}")
+    except ValueError as e:  # SweepError, or a config's own (unknown field, bad value)
+        sys.exit(f"error: {e}")
+    not_run = {}
+    for run in runs if skip else ():
+        if reason := skip(run):
+            not_run[run.cell.name] = reason
+            print(f"cell {run.cell.name!r} seed {run.seed}: not run: {reason}", flush=True)
+    runs = [r for r in runs if r.cell.name not in not_run]
+    if f.dry_run:
+        for run in runs:
+            print(f"{run.cell.name!r} seed {run.seed}: {run.spec['overrides'] or '(the config)'}")
+            print(f"    {run.dir}")
+        return
+    argv = " ".join(os.path.relpath(a) if a == sys.argv[0] else a for a in sys.argv)
+    notes = [f"Command: `{argv}`", *notes]
 
+    def write(records):
+        results.write(
+            f.workdir,
+            records,
+            [(c.name, c.overrides) for c in cells],
+            seeds=seeds,
+            baseline=f.baseline or cells[0].name,
+            main=f.main,
+            title=f"Sweep results{system}: {f.workdir}",
+            notes=notes,
+            not_run=not_run,
+        )
+        if after_write:
+            after_write(records, cells)
 
-def notes_from_flags(f) -> list[str]:
-    return [
-        f"Command: `{' '.join(os.path.relpath(a) if a == sys.argv[0] else a for a in sys.argv)}`"
-    ]
+    try:
+        failed = run_sweep(runs, f.workdir, command, write, echo=f.echo)
+    except SweepError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: finished runs are kept; run the same command again to continue")
+    print(f"results: {os.path.join(f.workdir, 'results.md')}", flush=True)
+    if failed:
+        names = ", ".join(f"{r.cell.name!r} seed {r.seed}" for r in failed)
+        sys.exit(f"error: {len(failed)} run(s) failed: {names}")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -460,46 +499,7 @@ def main(argv: Sequence[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     if f.run_cell:
         return run_cell(f.run_cell)
-    try:
-        cells, seeds, runs = plan_from_flags(f, f.compilation_cache)
-    except ValueError as e:  # SweepError, or a config's own (unknown field, bad value)
-        sys.exit(f"error: {e}")
-    if f.dry_run:
-        for run in runs:
-            print(f"{run.cell.name!r} seed {run.seed}: {run.spec['overrides'] or '(the config)'}")
-            print(f"    {run.dir}")
-        return
-    baseline = f.baseline or cells[0].name
-    notes = notes_from_flags(f)
-
-    def write(records):
-        results.write(
-            f.workdir,
-            records,
-            [(c.name, c.overrides) for c in cells],
-            seeds=seeds,
-            baseline=baseline,
-            main=f.main,
-            title=f"Sweep results: {f.workdir}",
-            notes=notes,
-        )
-
-    def tasks(run):
-        return eval_tasks(resolve_config(run.spec))
-
-    def command(run):
-        return [sys.executable, os.path.abspath(__file__), f"--run_cell={run.dir}"]
-
-    try:
-        failed = run_sweep(runs, f.workdir, command, write, tasks, echo=f.echo)
-    except SweepError as e:
-        sys.exit(f"error: {e}")
-    print(f"results: {os.path.join(f.workdir, 'results.md')}", flush=True)
-    if failed:
-        sys.exit(
-            f"error: {len(failed)} run(s) failed: "
-            + ", ".join(f"{r.cell.name!r} seed {r.seed}" for r in failed)
-        )
+    sweep_main(f, lambda run: [sys.executable, os.path.abspath(__file__), f"--run_cell={run.dir}"])
 
 
 if __name__ == "__main__":

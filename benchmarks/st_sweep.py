@@ -313,80 +313,39 @@ def main(argv):
         )
     try:
         extra = {c.name: c.overrides for c in sweep.parse_cells(f.st_cells)}
-        cells = sweep.cells_from_flags(f)
-        unknown = sorted(set(extra) - {c.name for c in cells})
-        if unknown:
-            raise sweep.SweepError(f"--st_cells names {unknown}, which are not cells")
-        cells = [
-            sweep.Cell(c.name, ",".join(filter(None, [c.overrides, extra.get(c.name, "")])))
-            for c in cells
-        ]
-        seeds = [int(s) for s in f.seeds]
-        runs = sweep.build_runs(f.config, cells, seeds, f.workdir, f.eval, f.compilation_cache)
     except ValueError as e:
-        sys.exit(f"error: {e}")
-    not_run = {}
-    for run in runs:
-        reason = unsupported(sweep.resolve_config(run.spec), run.dir)
-        if reason:
-            not_run[run.cell.name] = reason
-    todo = [r for r in runs if r.cell.name not in not_run]
-    for name, reason in not_run.items():
-        print(f"cell {name!r}: not run with sentence-transformers: {reason}", flush=True)
-    if f.dry_run:
-        for run in todo:
-            print(f"{run.cell.name!r} seed {run.seed}: {run.spec['overrides'] or '(the config)'}")
-        return
-    baseline = f.baseline or cells[0].name
-    names = [c.name for c in cells]
-    notes = sweep.notes_from_flags(f) + [
-        "Trained with sentence-transformers' SentenceTransformerTrainer (benchmarks/st_sweep.py); "
-        "scored by our evaluate.py on the saved model."
-    ]
+        sys.exit(f"error: --st_cells: {e}")
 
-    def write(records):
-        results.write(
-            f.workdir,
-            records,
-            [(c.name, c.overrides) for c in cells],
-            seeds=seeds,
-            baseline=baseline,
-            main=f.main,
-            title=f"Sweep results (sentence-transformers): {f.workdir}",
-            notes=notes,
-            not_run=not_run,
-        )
+    def compare(records, cells):
         if f.ours:
-            ours = results.read_jsonl(os.path.join(f.ours, "results.jsonl"))
             results.comparison(
                 os.path.join(f.workdir, "comparison"),
-                ours,
+                results.read_jsonl(os.path.join(f.ours, "results.jsonl")),
                 records,
-                names,
+                [c.name for c in cells],
                 main=f.main,
-                notes=[f"Ours: {f.ours}/results.jsonl; theirs: {f.workdir}/results.jsonl.", *notes],
+                notes=[f"Ours: {f.ours}/results.jsonl; theirs: {f.workdir}/results.jsonl."],
             )
 
-    def tasks(run):
-        return sweep.eval_tasks(sweep.resolve_config(run.spec))
-
-    def command(run):
-        return [
+    sweep.sweep_main(
+        f,
+        lambda run: [
             sys.executable,
             "-m",
             "benchmarks.st_sweep",
             f"--run_cell={run.dir}",
             f"--eval_python={f.eval_python}",
             f"--batch_sampler={f.batch_sampler}",
-        ]
-
-    try:
-        failed = sweep.run_sweep(todo, f.workdir, command, write, tasks, echo=f.echo)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    print(f"results: {os.path.join(f.workdir, 'results.md')}", flush=True)
-    if failed:
-        sys.exit(f"error: {len(failed)} run(s) failed")
+        ],
+        system=" (sentence-transformers)",
+        notes=[
+            "Trained with sentence-transformers' SentenceTransformerTrainer "
+            "(benchmarks/st_sweep.py), scored by our evaluate.py on the saved model."
+        ],
+        extra_overrides=extra,
+        skip=lambda run: unsupported(sweep.resolve_config(run.spec), run.dir),
+        after_write=compare,
+    )
 
 
 if __name__ == "__main__":
