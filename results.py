@@ -29,13 +29,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def exceeds_text(other: str = "baseline") -> str:
+def exceeds_text(a: str = "cell", b: str = "baseline") -> str:
     """The definition of `exceeds`, as results.md states it."""
     return (
-        f"`exceeds`: |mean(cell) - mean({other})| > sqrt(std(cell)^2 + std({other})^2), std "
-        "being the sample standard deviation over seeds (ddof=1): the difference is larger than "
-        "the spread of the difference of two single runs; 'no' means no effect at this spread. "
-        f"A cell or {other} with fewer than two seeds has no spread and gets no verdict ('n/a')."
+        f"`exceeds`: |mean({a}) - mean({b})| > sqrt(std({a})^2 + std({b})^2), std being the "
+        "sample standard deviation over seeds (ddof=1): the difference is larger than the spread "
+        "of the difference of two single runs; 'no' means no effect at this spread. Without two "
+        "seeds on both sides there is no spread and no verdict ('n/a')."
     )
 
 
@@ -417,12 +417,12 @@ def comparison(
     a, b = names
     out = [f"# {a} and {b}, cell by cell", "", *notes, ""]
     for cell in cells:
-        configs = {r.get("config") for r in records if r["name"] == cell}
+        configs = {r["config"] for r in records if r["name"] == cell and r.get("config")}
         if len(configs) > 1:
             out += [f"**Cell {cell!r} was trained from different configs**: {sorted(configs)}.", ""]
     if records:
         out += [_provenance_line(records), ""]
-    out += [exceeds_text(b), ""]
+    out += [exceeds_text(a, b), ""]
     head = ["cell"]
     for label in labels:
         head += [f"{label}: {a}", b, f"{a} - {b} (exceeds)"]
