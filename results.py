@@ -14,6 +14,7 @@ have one format. `comparison` puts two systems' records side by side.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime
 import json
@@ -21,6 +22,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,8 +71,9 @@ def main_labels(evals: Sequence[dict]) -> list[str]:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """The JSON records of a .jsonl file (missing file: none); a torn last line (a killed
-    writer) is skipped, a bad line elsewhere names the file and line."""
+    """The JSON records of a .jsonl file (missing file: none). A line that is not JSON (cut
+    short by a killed writer) is skipped, with a warning naming the file and line unless it is
+    the last."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -82,9 +85,8 @@ def read_jsonl(path: str) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
-            if i >= len(lines) - 1:  # the last line, cut short by a kill
-                continue
-            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
+            if i < len(lines) - 1:  # not the last line, which a running writer may be writing
+                print(f"warning: {path}:{i}: not valid JSON ({e.msg}); skipped", file=sys.stderr)
     return records
 
 
@@ -93,22 +95,26 @@ def final_evals(metrics: Sequence[dict], step: int) -> dict[str, dict]:
     return {r["eval"]["task"]: r["eval"] for r in metrics if "eval" in r and r["step"] == step}
 
 
-def train_time(metrics: Sequence[dict]) -> tuple[float, int]:
-    """(training wall time in s, attempts) from metrics.jsonl's training lines.
+def train_time(metrics: Sequence[dict], starts: Sequence[int] = ()) -> tuple[float, int]:
+    """(training wall time in s, attempts that trained) from metrics.jsonl's training lines.
 
-    Each attempt (a resumed run appends to the file and restarts its clock) counts its last
-    `elapsed_s`; a resumed cell's time includes the steps it redid after its last checkpoint.
+    A resumed run appends to the file and restarts its clock: each attempt counts its last
+    `elapsed_s`, so a resumed cell's time includes the steps it redid after its last
+    checkpoint. `starts` are the record counts at which attempts began (sweep.py's
+    attempts.jsonl); without them a new attempt is recognised by its step or clock going back.
     """
-    total, attempts, last = 0.0, 0, None
-    for r in metrics:
+    last: dict[int, float] = {}
+    attempt, prev, starts = 0, None, sorted(starts)
+    for i, r in enumerate(metrics):
         if "loss" not in r or "elapsed_s" not in r:
             continue
-        if last is None or r["elapsed_s"] < last:
-            if last is not None:
-                total += last
-            attempts += 1
-        last = r["elapsed_s"]
-    return total + (last or 0.0), attempts
+        if starts:
+            attempt = bisect.bisect_right(starts, i)
+        elif prev is not None and (r["step"] <= prev["step"] or r["elapsed_s"] < prev["elapsed_s"]):
+            attempt += 1
+        last[attempt] = r["elapsed_s"]
+        prev = r
+    return sum(last.values()), len(last)
 
 
 def provenance() -> dict[str, Any]:
@@ -152,6 +158,7 @@ def make_record(
     tasks: Sequence[str],
     steps: int,
     batch_size: int,
+    starts: Sequence[int] = (),
     extra: dict | None = None,
 ) -> dict[str, Any]:
     """The results.jsonl record of one finished cell, from its metrics.jsonl records."""
@@ -161,7 +168,7 @@ def make_record(
         raise ValueError(f"cell {name!r} seed {seed}: no evaluation of {missing} at step {steps}")
     evals = [evals_at[t] for t in tasks]
     before = [r["eval"] for r in metrics if "eval" in r and r["step"] == 0 and steps != 0]
-    wall, attempts = train_time(metrics)
+    wall, attempts = train_time(metrics, starts)
     losses = [r["loss"] for r in metrics if "loss" in r and r.get("step") == steps]
     return {
         "name": name,

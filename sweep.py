@@ -41,6 +41,7 @@ from configs import base
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SPEC, RESULT, TRAINED, LOG, LOCK = "cell.json", "result.json", "trained.json", "log.txt", ".lock"
+ATTEMPTS = "attempts.jsonl"  # one line per training attempt: where it began in metrics.jsonl
 # The spec keys that define what a cell trains: a finished cell whose definition changed is an
 # error, not a silent mix of old and new results. Eval tasks may change (missing ones are added).
 _DEFINING = ("config", "overrides", "seed")
@@ -251,11 +252,15 @@ def run_cell(run_dir: str) -> None:
         if config.compilation_cache_dir:
             jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        attempts_path = os.path.join(run_dir, ATTEMPTS)
         if not os.path.exists(os.path.join(run_dir, TRAINED)):
+            begun = {"records_before": len(results.read_jsonl(metrics_path)), "pid": os.getpid()}
+            with open(attempts_path, "a") as f:
+                f.write(json.dumps(begun | {"date": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
             summary = main.train(config, run_dir)
             done = {"step": summary["step"], "export": summary["export"]}
             results._atomic_write(os.path.join(run_dir, TRAINED), json.dumps(done) + "\n")
-        metrics_path = os.path.join(run_dir, "metrics.jsonl")
         tasks = eval_tasks(config)
         have = results.final_evals(results.read_jsonl(metrics_path), config.total_steps)
         missing = [t for t in tasks if t not in have]
@@ -276,6 +281,7 @@ def run_cell(run_dir: str) -> None:
             tasks=tasks,
             steps=config.total_steps,
             batch_size=config.batch_size,
+            starts=[a["records_before"] for a in results.read_jsonl(attempts_path)],
             extra={
                 "config": spec["config"],
                 "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",

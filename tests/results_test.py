@@ -73,10 +73,17 @@ def test_train_time_sums_attempts():
         {"step": 2, "loss": 1.0, "elapsed_s": 7.0},
         {"step": 2, "eval": {"task": "t", "metric": "m", "score": 1.0}},
         {"step": 3, "loss": 1.0, "elapsed_s": 9.0},  # killed after this; resumed from step 2
-        {"step": 3, "loss": 1.0, "elapsed_s": 4.0},
-        {"step": 4, "loss": 1.0, "elapsed_s": 6.0},
+        {"step": 3, "loss": 1.0, "elapsed_s": 9.5},  # a slow first step: the clock does not drop
+        {"step": 4, "loss": 1.0, "elapsed_s": 11.0},
     ]
-    assert results.train_time(metrics) == (15.0, 2)
+    assert results.train_time(metrics) == (20.0, 2)  # the step went back
+    assert results.train_time(metrics, starts=[0, 4]) == (20.0, 2)
+    # Resumed right after a logged checkpoint (step 3 follows step 2) with a slow first step:
+    # only the recorded attempt starts tell.
+    resumed = metrics[:2] + [{"step": 3, "loss": 1.0, "elapsed_s": 8.0}]
+    assert results.train_time(resumed) == (8.0, 1)
+    assert results.train_time(resumed, starts=[0, 2]) == (15.0, 2)
+    assert results.train_time(resumed, starts=[0, 2, 3]) == (15.0, 2)  # one trained nothing
 
 
 def test_comparison_side_by_side(tmp_path):

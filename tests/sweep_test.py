@@ -174,6 +174,8 @@ def test_smoke_sweep_killed_and_resumed(tmp_path):
         assert g["scores"] == {f"{sts} spearman_cosine": own[0]["score"]}
         assert g["train_wall_s"] > 0 and g["pairs_per_s"] > 0
     assert got[1]["attempts"] == 2  # killed once, resumed once
+    assert len(results.read_jsonl(str(long / sweep.ATTEMPTS))) == 2
+    assert len(results.read_jsonl(str(short / sweep.ATTEMPTS))) == 1
     md = (workdir / "results.md").read_text()
     assert "| short | `total_steps=4` | 1/1 |" in md and "| long | `total_steps=12` | 1/1 |" in md
     assert (workdir / "results.png").stat().st_size > 0
