@@ -156,9 +156,23 @@ def load_index(index_dir: str) -> tuple[dict, list[dict], np.ndarray]:
 
 
 def index_corpus(m: convert.LoadedModel, src: str, index_dir: str, batch_size: int = 64) -> dict:
-    """Embed a corpus into `index_dir`, appending when it is an index of the same model."""
-    fingerprint = model_fingerprint(m)
+    """Embed a corpus file into `index_dir`, appending when it is an index of the same model."""
     ids, texts = read_corpus(src)
+    return index_texts(m, ids, texts, index_dir, batch_size, label=src)
+
+
+def index_texts(
+    m: convert.LoadedModel,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    index_dir: str,
+    batch_size: int = 64,
+    label: str = "index",
+) -> dict:
+    """Embed (id, text) pairs into `index_dir`, appending when it is an index of the same model.
+
+    Ids already in the index are refused, naming `label` (the corpus file)."""
+    fingerprint = model_fingerprint(m)
     docs, old_NxD = [], np.zeros((0, m.config.hidden_size), np.float32)
     if os.path.exists(os.path.join(index_dir, INDEX_META)):
         meta, docs, old_NxD = load_index(index_dir)
@@ -166,8 +180,8 @@ def index_corpus(m: convert.LoadedModel, src: str, index_dir: str, batch_size: i
     known = {d["id"] for d in docs}
     dup = next((i for i in ids if i in known), None)
     if dup is not None:
-        raise AppError(f"{src}: id {dup!r} is already in {index_dir}; index it in a new folder")
-    new_NxD = evaluate.encode(m, texts, batch_size=batch_size, label=src)
+        raise AppError(f"{label}: id {dup!r} is already in {index_dir}; index it in a new folder")
+    new_NxD = evaluate.encode(m, texts, batch_size=batch_size, label=label)
     emb_NxD = np.concatenate([np.asarray(old_NxD), new_NxD])
     docs = docs + [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]
     meta = {
@@ -194,14 +208,27 @@ def index_corpus(m: convert.LoadedModel, src: str, index_dir: str, batch_size: i
 def query_index(
     m: convert.LoadedModel, index_dir: str, queries: Sequence[str], top_k: int = 10
 ) -> list[list[dict]]:
-    """Per query, the top_k documents by dot product: [{"id", "score", "text"}], best first."""
+    """Per query, the top_k documents by dot product: [{"id", "score", "text", "row"}], best
+    first; refused when the index was built by another model."""
     meta, docs, emb_NxD = load_index(index_dir)
     _check_model(meta, model_fingerprint(m), index_dir, m.path)
+    return top_hits(m, docs, emb_NxD, queries, top_k)
+
+
+def top_hits(
+    m: convert.LoadedModel,
+    docs: Sequence[dict],
+    emb_NxD: np.ndarray,
+    queries: Sequence[str],
+    top_k: int = 10,
+) -> list[list[dict]]:
+    """query_index over an index already loaded (load_index), whose model the caller checked;
+    "row" is the document's row in the index."""
     q_QxD = evaluate.encode(m, queries, progress=False)
     idx_QxK, scores_QxK = evaluate.top_k(q_QxD, emb_NxD, top_k)
     return [
         [
-            {"id": docs[i]["id"], "score": float(s), "text": docs[i]["text"]}
+            {"id": docs[i]["id"], "score": float(s), "text": docs[i]["text"], "row": int(i)}
             for i, s in zip(*row, strict=True)
         ]
         for row in zip(idx_QxK, scores_QxK, strict=True)
@@ -235,8 +262,13 @@ def cluster_texts(
 ) -> list[list[int]]:
     """k-means on L2-normalised embeddings -> clusters as text indices, nearest to the centroid
     first; the largest cluster first (ties: the one holding the earliest text)."""
-    emb = evaluate.encode(m, texts, batch_size=batch_size, label="cluster").astype(np.float64)
-    emb = evaluate.l2_normalize(emb)
+    emb = evaluate.encode(m, texts, batch_size=batch_size, label="cluster")
+    return cluster_embeddings(emb, k, seed)
+
+
+def cluster_embeddings(emb_NxD: np.ndarray, k: int, seed: int = 0) -> list[list[int]]:
+    """cluster_texts on embeddings already computed (rows of a search index, say)."""
+    emb = evaluate.l2_normalize(np.asarray(emb_NxD, np.float64))
     labels, c_KxD = kmeans(emb, k, seed)
     clusters = []
     for j in range(k):

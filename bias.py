@@ -114,11 +114,14 @@ def bias_eval(m: convert.LoadedModel, folder: str, batch_size: int = 64) -> dict
 
 
 def bias_chart(report: dict, path: str) -> None:
-    """Horizontal bars: per occupation (and overall) the male / tie / female shares."""
-    import matplotlib  # only this subcommand needs it
+    """bias_figure saved as a PNG."""
+    bias_figure(report).savefig(path, dpi=100)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def bias_figure(report: dict):
+    """Horizontal bars: per occupation (and overall) the male / tie / female shares; a
+    matplotlib Figure (no pyplot: the demo's server threads draw at the same time)."""
+    from matplotlib.figure import Figure  # only the chart needs matplotlib
 
     rows = [{"occupation": "OVERALL", **report["overall"]}, *report["occupations"]]
     labels = [
@@ -127,7 +130,8 @@ def bias_chart(report: dict, path: str) -> None:
     ]
     male = np.array([r["male"] for r in rows])
     tie = np.array([r["tie"] for r in rows])
-    fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) + 1.5))
+    fig = Figure(figsize=(8, 0.25 * len(rows) + 1.5))
+    ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
     ax.barh(y, male, color="#4c72b0", label="prefers male proposition")
     ax.barh(y, tie, left=male, color="#bbbbbb", label="tie")
@@ -141,8 +145,7 @@ def bias_chart(report: dict, path: str) -> None:
     ax.set_title(f"Gender preference of {name}")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=3, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def format_table(report: dict) -> str:
