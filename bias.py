@@ -118,9 +118,10 @@ def bias_chart(report: dict, path: str) -> None:
     bias_figure(report).savefig(path, dpi=100)
 
 
-def bias_figure(report: dict):
+def bias_figure(report: dict, name: str | None = None):
     """Horizontal bars: per occupation (and overall) the male / tie / female shares; a
-    matplotlib Figure (no pyplot: the demo's server threads draw at the same time)."""
+    matplotlib Figure (no pyplot: the demo's server threads draw at the same time). The title
+    names the model: `name`, or the last two components of its path."""
     from matplotlib.figure import Figure  # only the chart needs matplotlib
 
     rows = [{"occupation": "OVERALL", **report["overall"]}, *report["occupations"]]
@@ -141,9 +142,9 @@ def bias_figure(report: dict):
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of template cases (occupations in WinoBias order, BLS % female)")
     ax.set_ylim(-0.6, len(rows) - 0.4)
-    name = "/".join(os.path.normpath(report["model"]).split(os.sep)[-2:])
-    ax.set_title(f"Gender preference of {name}")
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=3, fontsize=7)
+    name = name or "/".join(os.path.normpath(report["model"]).split(os.sep)[-2:])
+    ax.set_title(f"Gender preference of {name}", pad=24)  # above the legend
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7)
     fig.tight_layout()
     return fig
 

