@@ -323,26 +323,27 @@ def open_index(
 ) -> tuple[str, list[str], list[str]] | None:
     """Serve --index (its model must be among --models), or the default index of the SciFact
     titles with the first model; -> what the default index still lacks, to build, or None."""
-    fingerprints = {apps.model_fingerprint(m): name for name, m in demo.models.items()}
+    fingerprints = {name: apps.model_fingerprint(m) for name, m in demo.models.items()}
     if index_dir is not None:
         meta, docs, emb_NxD = apps.load_index(index_dir)
-        if meta["fingerprint"] not in fingerprints:
+        names = [n for n, fp in fingerprints.items() if fp == meta["fingerprint"]]
+        if not names:
             raise apps.AppError(
                 f"{index_dir}: the index was built with model {meta['model']} (fingerprint "
                 f"{meta['fingerprint'][:12]}), which is not among --models; add it"
             )
-        demo.index = Index(index_dir, fingerprints[meta["fingerprint"]], docs, emb_NxD, len(docs))
+        demo.index = Index(index_dir, names[0], docs, emb_NxD, len(docs))
         return None
     name = next(iter(demo.models))
-    fp = next(f for f, n in fingerprints.items() if n == name)
-    index_dir = os.path.join(runs, f"demo-index-{fp[:12]}")
+    index_dir = os.path.join(runs, f"demo-index-{fingerprints[name][:12]}")
     records = evaluate.read_jsonl_records(SCIFACT, ("_id", "title"))
     ids, titles = [r["_id"] for r in records], [r["title"].strip() for r in records]
     docs, emb_NxD = [], np.zeros((0, demo.models[name].config.hidden_size), np.float32)
     if os.path.exists(os.path.join(index_dir, apps.INDEX_META)):
         _, docs, emb_NxD = apps.load_index(index_dir)
     demo.index = Index(index_dir, name, docs, emb_NxD, len(ids))
-    return (index_dir, ids, titles) if len(docs) < len(ids) else None
+    missing = set(ids) - {d["id"] for d in docs}
+    return (index_dir, ids, titles) if missing else None
 
 
 def warm_up(demo: Demo) -> None:

@@ -137,9 +137,12 @@ def test_search_is_apps_top_hits_over_the_index_with_its_model(models, ref_index
         tabs.search(_demo(models), "goal", 3)
 
 
-def test_an_index_of_a_model_not_served_is_refused(models, ref_index):
+def test_an_index_is_served_with_its_own_model_only(models, ref_index):
     with pytest.raises(apps.AppError, match=r"index was built with model .* not among --models"):
         _demo({"tiny": models["tiny"]}, ref_index)
+    # The same model under two names: the first of them.
+    d = _demo({"tiny": models["tiny"], "a": models["ref"], "b": models["ref"]}, ref_index)
+    assert d.index.model == "a"
 
 
 def test_cluster_is_apps_cluster_embeddings_over_index_rows(models, ref_index):
