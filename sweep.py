@@ -237,6 +237,31 @@ def exclusive(path: str, what: str):
         f.close()
 
 
+@contextlib.contextmanager
+def machine_lock(path: str):
+    """Wait for, then hold, an exclusive lock on `path` (nothing when `path` is '').
+
+    Runs of several sweeps (ours and benchmarks/st_sweep.py's) or other heavy jobs that take the
+    same lock never overlap on a shared machine, so their wall times stay comparable. The wait is
+    not part of a run's train_wall_s (the run measures its own training).
+    """
+    if not path:
+        yield
+        return
+    f = open(path, "a+")  # noqa: SIM115 (held for the block)
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"    waiting for the machine lock {path}", flush=True)
+            t0 = time.time()
+            fcntl.flock(f, fcntl.LOCK_EX)
+            print(f"    got the machine lock after {_minutes(time.time() - t0)}", flush=True)
+        yield
+    finally:
+        f.close()
+
+
 def run_cell(run_dir: str) -> None:
     """Train (or resume) one cell with main.train in this process, evaluate, write result.json."""
     with open(os.path.join(run_dir, SPEC)) as f:
@@ -347,8 +372,11 @@ def run_sweep(
     command: Callable[[Run], list[str]],
     write: Callable[[list[dict]], None],
     echo: bool = True,
+    lock: str = "",
 ) -> list[Run]:
     """Train every unfinished run with `command(run)`, rewriting the results after each.
+
+    With `lock`, each run holds `machine_lock(lock)` while it trains and is evaluated.
 
     Returns the runs that failed (their logs hold why); a rerun retries them.
     """
@@ -372,8 +400,9 @@ def run_sweep(
                 f"({skipped + len(durations)} done, {len(failed)} failed; {eta}) in {run.dir}",
                 flush=True,
             )
-            t0 = time.time()
-            status, last = launch(command(run), run.dir, echo)
+            with machine_lock(lock):
+                t0 = time.time()
+                status, last = launch(command(run), run.dir, echo)
             record = finished(run)
             if status or record is None:
                 failed.append(run)
@@ -417,6 +446,12 @@ def define_flags() -> None:
         "compilation_cache",
         "XLA executables shared by every cell (relative to --workdir; absolute: shared across "
         "sweeps; '' = off)",
+    )
+    flags.DEFINE_string(
+        "machine_lock",
+        "",
+        "a file locked (flock) during each run, so sweeps and other jobs sharing the machine "
+        "that lock it too never overlap (comparable wall times); '' = none",
     )
 
 
@@ -486,7 +521,7 @@ def sweep_main(
             after_write(records, cells)
 
     try:
-        failed = run_sweep(runs, f.workdir, command, write, echo=f.echo)
+        failed = run_sweep(runs, f.workdir, command, write, echo=f.echo, lock=f.machine_lock)
     except SweepError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -110,6 +110,29 @@ def _locked(run_dir):
     return None
 
 
+def test_machine_lock_waits_for_its_holder(tmp_path, capsys):
+    import threading
+
+    path = str(tmp_path / "machine.lock")
+    held = open(path, "a+")  # another job holding the lock (flock: per open file)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    entered = threading.Event()
+
+    def run():
+        with sweep.machine_lock(path):
+            entered.set()
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert not entered.wait(0.5), "entered while another holder had the lock"
+    held.close()  # released
+    assert entered.wait(10)
+    t.join()
+    assert "waiting for the machine lock" in capsys.readouterr().out
+    with sweep.machine_lock(""):  # no lock: nothing to wait for
+        pass
+
+
 @pytest.mark.slow
 def test_smoke_sweep_killed_and_resumed(tmp_path):
     sts = tmp_path / "sts.tsv"
