@@ -176,3 +176,20 @@ def test_scifact_training_pairs_hold_no_test_claim(tmp_path):
         pairs = [json.loads(line) for line in f]
     assert not {a for a, _ in pairs} & set(data.query_texts)
     assert {p for _, p in pairs} <= set(data.doc_texts)
+
+
+def test_scifact_mixed_folder_is_what_its_writer_writes(tmp_path):
+    from tools import write_scifact_mixed
+
+    counts = write_scifact_mixed.write_mixed(out=str(tmp_path))
+    assert counts.pop("scifact_train_pairs.jsonl.gz") == sum(counts.values()) == 917
+    shipped = sorted(os.listdir(write_scifact_mixed.OUT))
+    assert sorted(os.listdir(tmp_path)) == shipped
+    for name in shipped:
+        with (
+            open(tmp_path / name, "rb") as f,
+            open(os.path.join(write_scifact_mixed.OUT, name), "rb") as g,
+        ):
+            assert f.read() == g.read(), name
+    assert write_scifact_mixed.quotas({"a": 3, "b": 1}, 2) == {"a": 2, "b": 0}
+    assert write_scifact_mixed.quotas({"a": 5, "b": 3, "c": 2}, 4) == {"a": 2, "b": 1, "c": 1}
