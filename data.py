@@ -35,7 +35,8 @@ from absl import logging
 
 import convert
 import packing
-from sources import DatasetSpec, DatasetStream, find_datasets
+import sources
+from sources import DataError, DatasetSpec, DatasetStream, find_datasets
 
 SAMPLE_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_data", "train")
 _LOG_FIRST_BAD = 5  # bad lines logged per file; the rest are only counted.
@@ -83,7 +84,7 @@ class MixtureLoader:
             raise ValueError("steps_per_dataset and shuffle_buffer must be >= 1, K >= 0")
         weights = np.array([d.weight for d in datasets], np.float64)
         if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError("dataset weights must be >= 0 with a positive sum")
+            raise DataError("dataset weights must be >= 0 with a positive sum")
         names = [d.name for d in datasets]
         if len(set(names)) < len(names):
             raise ValueError("duplicate dataset names")
@@ -99,8 +100,7 @@ class MixtureLoader:
         self._logged: collections.Counter[str] = collections.Counter()
         self.last_composition: list[str] = []
         self._reset_counters()
-        self._check_startup(shuffle_buffer)
-        self._reset_counters()  # drop what the start-up probe counted
+        self._check_startup()
         if state is not None:
             self.restore(state)
 
@@ -149,19 +149,12 @@ class MixtureLoader:
             state=state,
         )
 
-    def _check_startup(self, shuffle_buffer: int) -> None:
-        """Fails now, naming the dataset, rather than hours into a run."""
-        for s in self._streams:
-            probe = DatasetStream(s.spec, 0, min(shuffle_buffer, 1000), self)
-            try:
-                probe.next_example()
-            except ValueError as e:
-                raise ValueError(f"dataset {s.spec.name} has no valid line") from e
-            finally:
-                probe.close()
+    def _check_startup(self) -> None:
+        """Fails now, naming the dataset, rather than hours into a run (find_datasets has made
+        sure that every dataset has a valid line)."""
         for s, p in zip(self._streams, self.probs, strict=True):
             if p > 0 and s.spec.lines < max(self.chunk_sizes):
-                raise ValueError(
+                raise DataError(
                     f"dataset {s.spec.name} has {s.spec.lines} lines, fewer than a chunk of "
                     f"{max(self.chunk_sizes)} rows: its texts would repeat within a batch"
                 )
@@ -218,7 +211,7 @@ class MixtureLoader:
                 stream.deferred.popleft()
                 self._deferred_dropped += 1
             if stream.pass_ - max(accepted_pass, start_pass) >= 2:
-                raise ValueError(
+                raise DataError(
                     f"dataset {stream.spec.name}: a whole pass added nothing to a chunk of "
                     f"{size} rows; it has too few distinct texts"
                 )
@@ -384,11 +377,34 @@ class Prefetcher:
 # ----------------------------------------------------------------------------- CLI
 
 
+def check(specs: Sequence[DatasetSpec], first: int = 5) -> dict[str, Any]:
+    """`--check`: a full read of every file, exact bad lines per file and reason (sources)."""
+    datasets, total = [], 0
+    for spec in specs:
+        files = {rel: sources.check_file(os.path.join(spec.root, rel), first) for rel in spec.files}
+        bad: collections.Counter[str] = collections.Counter()
+        for f in files.values():
+            bad.update(f["bad"])
+        total += sum(bad.values())
+        datasets.append(
+            {
+                "name": spec.name,
+                "lines": sum(f["lines"] for f in files.values()),
+                "valid": sum(f["valid"] for f in files.values()),
+                "bad": dict(bad),
+                "files": files,
+            }
+        )
+    return {"datasets": datasets, "bad_lines": total}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Debug CLI: datasets, weights, bad lines and the composition of the first batches."""
+    """Debug CLI: datasets, weights, bad lines and the composition of the first batches; with
+    --check, a full read of every file counting its bad lines."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=SAMPLE_DATA_DIR, help="folder of datasets or a config")
-    p.add_argument("--tokenizer", required=True, help="model folder or tokenizer.json")
+    p.add_argument("--check", action="store_true", help="read every line; count bad lines")
+    p.add_argument("--tokenizer", help="model folder or tokenizer.json (not for --check)")
     p.add_argument("--batches", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -400,13 +416,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max_seq_len", type=int, default=128)
     p.add_argument("--workdir", default=None, help="where to cache line counts if not beside data")
     args = p.parse_args(argv)
+    if not args.check and not args.tokenizer:
+        p.error("--tokenizer is required (except with --check)")
+    try:
+        report = _check(args) if args.check else _batches(args)
+    except (DataError, convert.ModelFolderError) as e:
+        sys.exit(f"error: {e}")
+    json.dump(report, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return report
+
+
+def _find(args: argparse.Namespace, require_valid: bool = True) -> list[DatasetSpec]:
     is_config = os.path.isfile(args.data)
-    specs = find_datasets(
+    return find_datasets(
         "" if is_config else args.data,
         config_file=args.data if is_config else "",
         temperature=args.temperature,
         workdir=args.workdir,
+        require_valid=require_valid,
     )
+
+
+def _check(args: argparse.Namespace) -> dict[str, Any]:
+    return check(_find(args, require_valid=False))  # a dataset without a valid line too
+
+
+def _batches(args: argparse.Namespace) -> dict[str, Any]:
+    tok = convert.load_tokenizer(
+        args.tokenizer, args.max_seq_len
+    )  # before any line count is cached
+    specs = _find(args)
     loader = MixtureLoader(
         specs,
         batch_size=args.batch_size,
@@ -416,7 +456,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         shuffle_buffer=args.shuffle_buffer,
         max_negatives=args.max_negatives,
     )
-    tok = convert.load_tokenizer(args.tokenizer, args.max_seq_len)
     batches, pairs = [], 0
     start = time.perf_counter()
     for _ in range(args.batches):
@@ -443,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     stats = loader.stats()
     loader.close()
-    report = {
+    return {
         "datasets": [
             {
                 "name": s.name,
@@ -451,9 +490,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "lines": s.lines,
                 "weight": s.weight,
                 "probability": round(float(q), 6),
+                "passes": stats["passes"][s.name],
             }
             for s, q in zip(specs, loader.probs, strict=True)
         ],
+        # Each bad line once (read in a dataset's first pass; complete once "passes" >= 1).
         "skipped": stats["skipped"],
         "lines_read": stats["lines_read"],
         "negatives_cut": stats["negatives_cut"],
@@ -461,9 +502,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "batches": batches,
         "pairs_per_s": round(pairs / elapsed, 1) if elapsed > 0 else None,
     }
-    json.dump(report, sys.stdout, indent=1)
-    sys.stdout.write("\n")
-    return report
 
 
 if __name__ == "__main__":

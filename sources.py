@@ -28,6 +28,14 @@ _TAG_BLOCK, _TAG_SHARDS = 0x626C6B, 0x736872
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")
 
 
+class DataError(ValueError):
+    """A data folder or config that cannot be trained on; the message names the file."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A dataset, file or folder that is not there."""
+
+
 class BadLine(ValueError):
     """A line that is skipped; `reason` is the key under which it is counted."""
 
@@ -78,10 +86,15 @@ def parse_line(raw: bytes, key: int = 0) -> tuple[str, ...]:
         i, j = key % m, (key // m) % (m - 1)
         texts = [members[i], members[j + (j >= i)]]
     elif isinstance(obj, dict) and "query" in obj:
-        pos = _str_list(obj.get("pos"))
-        if not pos:
-            raise BadLine("too_few_texts")
-        texts = [obj["query"], pos[key % len(pos)], *_str_list(obj.get("neg"))]
+        pos, neg = _str_list(obj.get("pos")), _str_list(obj.get("neg"))
+        if any(not p.strip() for p in pos):
+            raise BadLine("empty_text")
+        # A positive equal to the query or to a negative is never picked, so that whether a
+        # line is bad does not depend on `key` (it changes every pass): each is counted once.
+        usable = [p for p in pos if p != obj["query"] and p not in neg]
+        if not usable:
+            raise BadLine("repeated_text" if pos else "too_few_texts")
+        texts = [obj["query"], usable[key % len(usable)], *neg]
     elif isinstance(obj, dict) and "anchor" in obj and "positive" in obj:
         texts = [obj["anchor"], obj["positive"], *_str_list(obj.get("negative"))]
     else:
@@ -181,31 +194,53 @@ def _shards(root: str, name: str) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
+def _read_data_config(path: str) -> list[dict[str, Any]]:
+    """A data_config.json: a list of {"name": str, "lines": int (optional), "weight": number}."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: expected a list of {{name, lines, weight}}")
+    for i, e in enumerate(entries):
+        ok = (
+            isinstance(e, dict)
+            and isinstance(e.get("name"), str)
+            and isinstance(e.get("weight"), int | float)
+            and not isinstance(e.get("weight"), bool)
+            and (e.get("lines") is None or isinstance(e.get("lines"), int))
+        )
+        if not ok:
+            raise DataError(
+                f"{path}: entry {i} should be {{name: str, lines: int, weight: number}}, got {e!r}"
+            )
+    return entries
+
+
 def find_datasets(
     data_dir: str,
     *,
     config_file: str = "",
     temperature: float = 1.0,
     workdir: str | None = None,
+    require_valid: bool = True,
 ) -> list[DatasetSpec]:
     """The datasets of a mixture, from a data_config.json or from every dataset in a folder.
 
     With `config_file` (a list of `{"name", "lines", "weight"}`), names are relative to
     `data_dir`, or to the config's folder when `data_dir` is empty. Without it, each
     `*.jsonl[.gz]` file or sub-folder of shards in `data_dir` is a dataset weighted by
-    `lines ** (1 / temperature)`. Missing files raise `FileNotFoundError` naming them.
+    `lines ** (1 / temperature)`. Missing files raise `DataNotFoundError` naming them; with
+    `require_valid`, a dataset without a valid line raises `DataError` naming its first bad
+    lines (checked before the line counts are cached: bad data writes nothing).
     """
     if config_file:
         root = data_dir or os.path.dirname(os.path.abspath(config_file))
-        with open(config_file) as f:
-            entries = json.load(f)
-        if not isinstance(entries, list) or not all(
-            isinstance(e, dict) and "name" in e and "weight" in e for e in entries
-        ):
-            raise ValueError(f"{config_file}: expected a list of {{name, lines, weight}}")
+        entries = _read_data_config(config_file)
         missing = [e["name"] for e in entries if not os.path.exists(os.path.join(root, e["name"]))]
         if missing:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"{config_file}: {len(missing)} dataset(s) not found in {root}: "
                 + ", ".join(missing[:10])
                 + (" ..." if len(missing) > 10 else "")
@@ -216,7 +251,7 @@ def find_datasets(
     else:
         root = data_dir
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"data folder not found: {root}")
+            raise DataNotFoundError(f"data folder not found: {root}")
         names = sorted(
             n
             for n in os.listdir(root)
@@ -226,12 +261,14 @@ def find_datasets(
             )
         )
         if not names:
-            raise FileNotFoundError(f"no *.jsonl or *.jsonl.gz datasets in {root}")
+            raise DataNotFoundError(f"no *.jsonl or *.jsonl.gz datasets in {root}")
         weights, lines = [], [None] * len(names)
     shards = {n: _shards(root, n) for n in names}
     empty = [n for n in names if not shards[n]]
     if empty:
-        raise FileNotFoundError(f"datasets without *.jsonl[.gz] shards: {', '.join(empty)}")
+        raise DataNotFoundError(f"datasets without *.jsonl[.gz] shards: {', '.join(empty)}")
+    for n in names if require_valid else ():
+        _check_valid_line(DatasetSpec(n, root, shards[n], 0, 1.0))
     uncounted = [
         os.path.join(root, s)
         for n, c in zip(names, lines, strict=True)
@@ -245,7 +282,7 @@ def find_datasets(
     ]
     if not config_file:
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise DataError(f"temperature must be > 0, got {temperature}")
         weights = [float(c) ** (1.0 / temperature) for c in lines]
     return [
         DatasetSpec(n, root, shards[n], int(c), w)
@@ -254,11 +291,74 @@ def find_datasets(
 
 
 class ReadStats(Protocol):
-    """Where a `DatasetStream` reports what it read (the mixture keeps the totals)."""
+    """Where a `DatasetStream` reports what it read (the mixture keeps the totals).
+
+    `line_read` is called for every line read, in every pass; `bad_line` once per bad line of a
+    file: in the first pass, which reads every line once (later passes read the same lines).
+    """
 
     def line_read(self, rel: str) -> None: ...
 
     def bad_line(self, rel: str, line: int, reason: str) -> None: ...
+
+
+class _FirstBadLines:
+    """ReadStats keeping the first few bad lines (for a start-up error message)."""
+
+    def __init__(self, root: str, keep: int = 3):
+        self.root, self.keep, self.first = root, keep, []
+
+    def line_read(self, rel: str) -> None:
+        pass
+
+    def bad_line(self, rel: str, line: int, reason: str) -> None:
+        if len(self.first) < self.keep:
+            self.first.append(f"{os.path.join(self.root, rel)}:{line} ({reason})")
+
+
+def _check_valid_line(spec: DatasetSpec) -> None:
+    """Raises DataError unless the dataset has a valid line (reading up to the first one)."""
+    stats = _FirstBadLines(spec.root)
+    probe = DatasetStream(spec, 0, 1000, stats)
+    try:
+        probe.next_example()
+    except DataError:
+        raise DataError(
+            f"dataset {os.path.join(spec.root, spec.name)} has no valid line: "
+            + ", ".join(stats.first)
+            + (" ..." if len(stats.first) == stats.keep else "")
+            + " (python data.py --check lists every bad line)"
+        ) from None
+    finally:
+        probe.close()
+
+
+def check_file(path: str, first: int = 5) -> dict[str, Any]:
+    """A full read of one file, in file order: its lines, valid lines, bad lines per reason and
+    the first `first` bad ones as `path:line (reason)`.
+
+    The counts equal what training counts (once per bad line, see ReadStats): whether a line is
+    bad does not depend on the shuffle.
+    """
+    bad: collections.Counter[str] = collections.Counter()
+    where: list[str] = []
+    n = valid = 0
+    with _open(path) as f:
+        try:
+            for raw in f:
+                n += 1
+                try:
+                    parse_line(raw)
+                    valid += 1
+                except BadLine as e:
+                    bad[e.reason] += 1
+                    if len(where) < first:
+                        where.append(f"{path}:{n} ({e.reason})")
+        except (EOFError, OSError, zlib.error):
+            bad["truncated_gzip"] += 1
+            if len(where) < first:
+                where.append(f"{path}:{n + 1} (truncated_gzip)")
+    return {"lines": n, "valid": valid, "bad": dict(bad), "first_bad": where}
 
 
 class DatasetStream:
@@ -328,7 +428,8 @@ class DatasetStream:
             while len(lines) < want and (raw := self._file.readline()):
                 lines.append(raw)
         except (EOFError, OSError, zlib.error):
-            if not resuming:  # on resume, this truncation was counted before the state was saved
+            # On resume, this truncation was counted before the state was saved.
+            if not resuming and self.pass_ == 0:
                 self.counts.bad_line(rel, self.line + len(lines) + 1, "truncated_gzip")
             self.end = True
         if not resuming:
@@ -347,7 +448,7 @@ class DatasetStream:
             self.shard, self.offset, self.line = self.shard + 1, 0, 0
             if self.shard == len(self.spec.files):
                 if not self.valid_in_pass:
-                    raise ValueError(f"dataset {self.spec.name}: a whole pass had no valid line")
+                    raise DataError(f"dataset {self.spec.name}: a whole pass had no valid line")
                 self.pass_, self.shard, self.valid_in_pass = self.pass_ + 1, 0, False
         else:
             self.offset += self._block_bytes
@@ -367,7 +468,8 @@ class DatasetStream:
             try:
                 ex = parse_line(self._block[i], int(self._keys[i]))
             except BadLine as e:
-                self.counts.bad_line(self._rel, self.line + i + 1, e.reason)
+                if self.pass_ == 0:  # later passes read the same lines again
+                    self.counts.bad_line(self._rel, self.line + i + 1, e.reason)
                 continue
             self.valid_in_pass = True
             return ex

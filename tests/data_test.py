@@ -116,6 +116,27 @@ def test_parse_bad_lines(raw, reason):
     assert e.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    "obj, outcome",
+    [
+        ({"query": "q", "pos": ["q", "p"]}, ("q", "p")),  # the positive equal to q is never picked
+        ({"query": "q", "pos": ["n", "p"], "neg": ["n"]}, ("q", "p", "n")),
+        ({"query": "q", "pos": ["q"]}, "repeated_text"),
+        ({"query": "q", "pos": ["", "p"]}, "empty_text"),
+    ],
+)
+def test_whether_a_line_is_bad_does_not_depend_on_the_key(obj, outcome):
+    """The key changes every pass: a line must be bad in every pass or in none, so that it is
+    counted once and --check agrees with training."""
+    raw = json.dumps(obj).encode()
+    for key in range(20):
+        if isinstance(outcome, tuple):
+            assert sources.parse_line(raw, key) == outcome
+        else:
+            with pytest.raises(sources.BadLine, match=outcome):
+                sources.parse_line(raw, key)
+
+
 def test_dataset_is_a_file_or_a_folder_of_shards(tmp_path):
     _write(f"{tmp_path}/single.jsonl", _pairs("single", 10))
     _write(f"{tmp_path}/sharded/part-0.jsonl.gz", _pairs("sharded", 5))
@@ -465,6 +486,77 @@ def test_truncated_gzip_is_read_up_to_the_damage_and_counted(tmp_path):
     # Everything before the damage was read, nothing after it.
     ids = sorted(int(a[2:]) for a, _ in read)
     assert ids == list(range(len(ids))) and 100 < len(ids) < 3000
+
+
+PLANTED_PAIRS = [b"{oops"] * 5 + [b'["x"]'] * 4 + [b'["", "b"]'] * 4 + [b"7"] * 3  # 16 bad
+PLANTED_TRIPLETS = [b'["t", "t", "u"]', b'{"anchor": "a"}', b"\xff\xfe"]  # 3 bad
+PLANTED = {
+    "pairs.jsonl": {"malformed_json": 5, "too_few_texts": 4, "empty_text": 4, "wrong_type": 3},
+    "triplets.jsonl.gz": {"repeated_text": 1, "wrong_type": 1, "invalid_utf8": 1},
+}
+
+
+def _planted_folder(root):
+    """The issue's folder: a pairs file with 16 bad lines, a triplets file with 3."""
+    pairs = _pairs("p", 30)
+    _write(f"{root}/pairs.jsonl", pairs[:10] + PLANTED_PAIRS + pairs[10:])
+    triplets = [[f"t{i}", f"t{i}+", f"t{i}-"] for i in range(20)]
+    _write(f"{root}/triplets.jsonl.gz", triplets[:5] + PLANTED_TRIPLETS + triplets[5:])
+    return str(root)
+
+
+def test_each_bad_line_is_counted_once_however_many_passes(tmp_path):
+    root = _planted_folder(tmp_path)
+    loader = _make_loader(root, batch_size=8, shuffle_buffer=16)
+    for _ in range(40):
+        loader.next_examples()
+    stats = loader.stats()
+    assert min(stats["passes"].values()) >= 3  # every file was read several times over
+    assert stats["skipped"] == PLANTED
+    # A resumed loader goes on counting where the saved one was, without recounting.
+    again = _make_loader(root, batch_size=8, shuffle_buffer=16, state=loader.state())
+    for _ in range(20):
+        again.next_examples()
+    assert again.stats()["skipped"] == PLANTED
+
+
+def test_cli_check_reads_every_line_and_the_batch_report_agrees(tmp_path, capsys):
+    root = _planted_folder(tmp_path)
+    checked = data.main(["--check", f"--data={root}"])
+    assert json.loads(capsys.readouterr().out) == checked
+    by_name = {d["name"]: d for d in checked["datasets"]}
+    assert {n: d["bad"] for n, d in by_name.items()} == PLANTED
+    assert checked["bad_lines"] == 19
+    pairs = by_name["pairs.jsonl"]["files"]["pairs.jsonl"]
+    assert (pairs["lines"], pairs["valid"]) == (46, 30)
+    assert pairs["first_bad"] == [f"{root}/pairs.jsonl:{n} (malformed_json)" for n in range(11, 16)]
+    triplets = by_name["triplets.jsonl.gz"]["files"]["triplets.jsonl.gz"]
+    assert triplets["first_bad"] == [
+        f"{root}/triplets.jsonl.gz:6 (repeated_text)",
+        f"{root}/triplets.jsonl.gz:7 (wrong_type)",
+        f"{root}/triplets.jsonl.gz:8 (invalid_utf8)",
+    ]
+    for batches in ("1", "20"):  # within the first pass, and many passes over each file
+        report = data.main(
+            [f"--data={root}", f"--tokenizer={MODEL_DIR}", f"--batches={batches}", "--batch_size=8"]
+        )
+        capsys.readouterr()
+        done = {d["name"]: d["passes"] for d in report["datasets"]}
+        for name, counts in report["skipped"].items():  # what was read: never more
+            assert all(counts[r] <= PLANTED[name][r] for r in counts)
+        if batches == "20":
+            assert min(done.values()) >= 2 and report["skipped"] == PLANTED
+
+
+def test_cli_check_reads_a_dataset_that_training_would_refuse(tmp_path, capsys):
+    _write(f"{tmp_path}/junk.jsonl", [b"not json", b'["one"]'])
+    with pytest.raises(
+        SystemExit, match=rf"error: dataset {tmp_path}/junk.jsonl has no valid line"
+    ):
+        data.main([f"--data={tmp_path}", f"--tokenizer={MODEL_DIR}"])
+    report = data.main(["--check", f"--data={tmp_path}"])
+    assert report["datasets"][0]["bad"] == {"malformed_json": 1, "too_few_texts": 1}
+    assert report["datasets"][0]["valid"] == 0
 
 
 # --------------------------------------------------------------------------- 9. prefetching
