@@ -43,13 +43,14 @@ def bench_ours(batch_size: int, steps: int, warmup: int, packing: bool, dtype: s
 
     import data as data_lib
     import main
+    import runconfig
     from configs import base
 
     config = base.get_config("demo")
     config.batch_size, config.data.packing, config.model.dtype = batch_size, packing, dtype
     config.data.max_seq_len, config.total_steps, config.warmup_steps = 128, warmup + steps, 0
     devices = jax.devices()
-    main.validate(config, len(devices))
+    runconfig.validate(config, len(devices))
     m = main.build_model(config)
     mesh = jax.make_mesh((len(devices),), (main.AXIS,), devices=devices)
     optimizer, _ = main.make_optimizer(config)
