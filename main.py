@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
@@ -41,12 +41,13 @@ import evaluate
 import loss as loss_lib
 import model as model_lib
 import packing
+import runconfig
+import sources
 
 AXIS = "data"
-# Fault injection for tests: SIGKILL this process right after this step (0 = never), or send
-# it SENTEMB_KILL_SIGNAL instead (SIGSTOP: a process that hangs rather than dies).
-_KILL_AT_STEP = int(os.environ.get("SENTEMB_KILL_AT_STEP", "0"))
-_KILL_SIGNAL = signal.Signals[os.environ.get("SENTEMB_KILL_SIGNAL", "SIGKILL")]
+# train()'s hook: (event, step, state), after every step ("step") and at each stage of a
+# checkpoint save ("save:model", "save:written", ...; checkpoint.save). Tests stop runs there.
+OnEvent = Callable[[str, int, Any], None]
 
 
 class TrainState(NamedTuple):
@@ -58,74 +59,6 @@ class TrainState(NamedTuple):
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-# ----------------------------------------------------------------------------- config checks
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Every error names the config field, before anything is compiled."""
-
-    def bad(field: str, why: str):
-        raise ValueError(f"config field {field}: {why}")
-
-    if config.batch_size <= 0 or config.batch_size % num_devices:
-        bad(
-            "batch_size",
-            f"{config.batch_size} is not a positive multiple of the {num_devices} devices",
-        )
-    if config.total_steps <= 0:
-        bad("total_steps", "must be > 0")
-    if not 0 <= config.warmup_steps <= config.total_steps:
-        bad("warmup_steps", f"{config.warmup_steps} not in [0, total_steps]")
-    if config.lr <= 0:
-        bad("lr", "must be > 0")
-    for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
-        if config[field] <= 0:
-            bad(field, "must be > 0")
-    if config.eval_every < 0:
-        bad("eval_every", "must be >= 0")
-    if config.init_from and not os.path.isdir(config.init_from):
-        bad("init_from", f"{config.init_from!r} is not a folder (an HF/ST model folder, or '')")
-    if not config.init_from and not os.path.exists(
-        os.path.join(config.model.tokenizer, "tokenizer.json")
-    ):
-        bad("model.tokenizer", f"no tokenizer.json in {config.model.tokenizer!r} (random init)")
-    if config.init_from == "" and config.model.model_type not in model_lib.MODEL_TYPES:
-        bad("model.model_type", f"{config.model.model_type!r} not in {model_lib.MODEL_TYPES}")
-    if config.model.pooling not in model_lib.POOLING_MODES:
-        bad("model.pooling", f"{config.model.pooling!r} not in {model_lib.POOLING_MODES}")
-    if config.model.dtype not in model_lib.DTYPES:
-        bad("model.dtype", f"{config.model.dtype!r} not in {model_lib.DTYPES}")
-    if not 0 <= config.model.dropout_rate < 1:
-        bad("model.dropout_rate", "must lie in [0, 1)")
-    if config.loss.similarity not in loss_lib.SIMILARITIES:
-        bad("loss.similarity", f"{config.loss.similarity!r} not in {loss_lib.SIMILARITIES}")
-    if not config.loss.scale > 0:
-        bad("loss.scale", "must be > 0")
-    local = config.batch_size // num_devices
-    chunk = config.loss.cache_chunk_size
-    if chunk < 0 or (chunk and local % chunk):
-        bad("loss.cache_chunk_size", f"{chunk} does not divide the per-device batch {local}")
-    d = config.data
-    if d.config_file and not os.path.exists(d.config_file):
-        bad("data.config_file", f"{d.config_file!r} does not exist")
-    if not d.config_file and not os.path.isdir(d.dir):
-        bad("data.dir", f"{d.dir!r} is not a folder")
-    if d.max_seq_len < 2:
-        bad("data.max_seq_len", "must be >= 2")
-    if any(not 0 < b <= d.max_seq_len for b in d.bucket_lengths):
-        bad("data.bucket_lengths", f"{tuple(d.bucket_lengths)} must lie in [1, max_seq_len]")
-    if d.max_negatives < 0:
-        bad("data.max_negatives", "must be >= 0")
-    if not 1 <= d.datasets_per_batch <= config.batch_size:
-        bad("data.datasets_per_batch", "must lie in [1, batch_size]")
-    for path in config.eval.sts_files:
-        if not os.path.exists(path):
-            bad("eval.sts_files", f"{path!r} does not exist")
-    for path in config.eval.retrieval_dirs:
-        if not os.path.exists(os.path.join(path, "corpus.jsonl.gz")):
-            bad("eval.retrieval_dirs", f"{path!r} has no corpus.jsonl.gz (BEIR layout)")
 
 
 # ----------------------------------------------------------------------------- model
@@ -157,6 +90,12 @@ def build_model(config: ml_collections.ConfigDict) -> convert.LoadedModel:
             attention_dropout_rate=dropout,
             pad_token_id=pad,
         )
+        if cfg.max_position_embeddings < config.data.max_seq_len + cfg.position_offset:
+            raise runconfig.ConfigError(
+                f"config field model.max_position_embeddings: {cfg.max_position_embeddings} "
+                f"rows do not hold data.max_seq_len={config.data.max_seq_len} positions "
+                f"(+{cfg.position_offset}, where {family}'s positions start)"
+            )
         files = {}
         for name in convert.TOKENIZER_FILES:
             path = os.path.join(tok_dir, name)
@@ -349,19 +288,39 @@ def run_evaluation(config, m, params, step: int, log: MetricsLog) -> list[dict]:
 
 
 def train(
-    config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    devices: Sequence[jax.Device] | None = None,
+    *,
+    on_event: OnEvent | None = None,
+    compilation_cache: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume) in `workdir`; returns a summary with the final metrics and evaluations.
 
-    `devices` defaults to all devices (of all processes); tests pass a subset.
+    `devices` defaults to all devices (of all processes); tests pass a subset, and `on_event`
+    (see OnEvent) to kill, stop or hang the process at a chosen step or inside a save. Bad
+    input (config, model folder, data, a resume the checkpoints do not allow) raises before
+    anything is written. `compilation_cache`: keep XLA executables in the config's
+    compilation_cache_dir (the CLI does; tests choose their own).
     """
     devices = list(devices or jax.devices())
-    validate(config, len(devices))
-    os.makedirs(workdir, exist_ok=True)
+    event = on_event or (lambda name, step, state: None)
+    runconfig.validate(config, len(devices))
+    config_changes = runconfig.check_resume(config, workdir)
     is_main = jax.process_index() == 0
+    m = build_model(config)
+    # Every process composes the whole global batch (see make_featurizer).
+    loader = data_lib.MixtureLoader.from_config(
+        config.data, batch_size=config.batch_size, seed=config.seed, workdir=workdir
+    )
+    os.makedirs(workdir, exist_ok=True)
+    if compilation_cache and config.compilation_cache_dir:  # after the checks: they write nothing
+        cache = os.path.join(workdir, os.path.expanduser(config.compilation_cache_dir))
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax_compilation_cache.reset_cache()  # JAX decides at its first compilation otherwise
     log = MetricsLog(workdir, enabled=is_main)
 
-    m = build_model(config)
     mesh = jax.make_mesh((len(devices),), (AXIS,), devices=devices)
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(AXIS))
@@ -369,10 +328,11 @@ def train(
 
     params = m.params
     fresh = TrainState(params, optimizer.init(params), jax.random.key(config.seed), np.int32(0))
-    restored = checkpoint.restore(workdir, m, fresh)
+    restored = checkpoint.restore(workdir, m, fresh, set_aside=is_main)
     loader_state = None
     if restored is not None:
         fresh, loader_state = restored
+        loader.restore(loader_state)
         print(f"resuming from step {int(fresh.step)} in {workdir}", flush=True)
     start_step = int(fresh.step)
     if jax.process_count() > 1:  # every process reads the checkpoint itself
@@ -380,16 +340,19 @@ def train(
             start_step,
             f"processes would resume from different steps: {workdir} must be shared storage",
         )
+    if is_main:  # DIR/config.json; a change a resume may make is logged at its step
+        kept = runconfig.save(workdir, config, start_step)
+        if config_changes:
+            log.write(
+                {
+                    "step": start_step,
+                    "config_change": {
+                        k: {"old": a, "new": b} for k, (a, b) in config_changes.items()
+                    },
+                    "previous_config": kept,
+                }
+            )
     state = distributed.replicate(fresh, replicated)
-
-    # Every process composes the whole global batch (see make_featurizer).
-    loader = data_lib.MixtureLoader.from_config(
-        config.data,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        workdir=workdir,
-        state=loader_state,
-    )
     featurize = make_featurizer(config, m, mesh)
 
     train_step = make_train_step(config, m, mesh, optimizer)
@@ -404,6 +367,7 @@ def train(
     last_record: dict[str, Any] = {}
     step = start_step
     latest_loader_state = loader_state
+    bad_lines = (loader_state or {}).get("counters", {}).get("skipped", {})
 
     def flush_metrics() -> None:
         nonlocal last_record
@@ -453,16 +417,26 @@ def train(
             state, metrics = train_step(state, batch)
             step += 1
             watchdog.dispatched(step, metrics["loss"])
-            if step == _KILL_AT_STEP:  # fault injection for the kill -9 resume test
-                jax.block_until_ready(state)
-                os.kill(os.getpid(), _KILL_SIGNAL)
+            event("step", step, state)
             pending.append(metrics)
+            if latest_loader_state["counters"]["skipped"] != bad_lines:  # each bad line once
+                bad_lines = latest_loader_state["counters"]["skipped"]
+                log.write({"step": step, "bad_lines": bad_lines})
             if step % config.log_every == 0 or step == config.total_steps:
                 flush_metrics()
             if step % config.checkpoint_every == 0 or step == config.total_steps:
                 flush_metrics()  # never checkpoint params after a non-finite loss
                 if is_main:
-                    checkpoint.save(workdir, m, state, latest_loader_state, config.keep_checkpoints)
+                    checkpoint.save(
+                        workdir,
+                        m,
+                        state,
+                        latest_loader_state,
+                        config.keep_checkpoints,
+                        on_stage=lambda name, step=step, state=state: event(
+                            f"save:{name}", step, state
+                        ),
+                    )
             if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
                 evals = run_evaluation(config, m, state.params, step, log)
 
@@ -481,7 +455,17 @@ def train(
     }
 
 
-def main(argv: Sequence[str]) -> None:
+# Bad input that main() reports in one line, without a traceback.
+INPUT_ERRORS = (
+    runconfig.ConfigError,
+    checkpoint.ResumeError,
+    convert.ModelFolderError,
+    evaluate.DataFileError,
+    sources.DataError,
+)
+
+
+def main(argv: Sequence[str], on_event: OnEvent | None = None) -> None:
     if not flags.FLAGS["verbosity"].present:  # JAX's INFO lines (backend probe) on request
         logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
@@ -490,14 +474,13 @@ def main(argv: Sequence[str]) -> None:
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed)
     config = f.config
     print(config, flush=True)
-    if config.compilation_cache_dir:  # before the first compilation; train() callers choose own
-        cache = os.path.join(f.workdir, os.path.expanduser(config.compilation_cache_dir))
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     try:
-        summary = train(config, f.workdir)
-    except NonFiniteLossError as e:
-        sys.exit(f"error: {e}")
+        summary = train(config, f.workdir, on_event=on_event, compilation_cache=True)
+    except (NonFiniteLossError, *INPUT_ERRORS) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        if jax.process_count() > 1:
+            os._exit(1)  # a normal exit would wait in jax.distributed's shutdown
+        sys.exit(1)
     except Exception as e:
         if jax.process_count() == 1:
             raise
@@ -517,7 +500,8 @@ def main(argv: Sequence[str]) -> None:
     print(json.dumps({"final_step": summary["step"], "evals": summary["evals"]}), flush=True)
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+    """main.py's flags (also used by tests/fixtures/fault_main.py, which wraps main)."""
     config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/base.py:demo")
     flags.DEFINE_string("workdir", None, "run folder: checkpoints, metrics.jsonl, export/")
     # Multi-host only (docs/multihost.md); else JAX_COORDINATOR_ADDRESS etc.
@@ -526,4 +510,23 @@ if __name__ == "__main__":
     flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)")
     flags.DEFINE_bool("distributed", False, "join JAX's runtime, topology found by JAX (TPU...)")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, each error in one line: ml_collections reports a bad config argument
+    with its config file's traceback, whose last line says what is wrong."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = lines[-1].split(": ", 1)[-1] if "Traceback" in str(e) else " ".join(lines)
+        sys.exit(f"error: {why}")
+    except (AttributeError, KeyError) as e:  # ml_collections' answer to --config.nope=1
+        key = str(e).strip("\"'")
+        bad = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
+        sys.exit(f"error: {bad[0] if bad else key}: no such config field (see configs/base.py)")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

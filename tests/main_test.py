@@ -1,5 +1,6 @@
-"""The trainer end to end on the tiny ':smoke' config: resume after kill -9, device counts,
-non-finite loss, config validation."""
+"""The trainer end to end on the tiny ':smoke' config: resume after kill -9 (at a step and inside
+a save, injected by tests/fixtures/fault_main.py), resume with a changed config, unreadable
+checkpoints, device counts, non-finite loss, bad lines; config parsing."""
 
 import json
 import os
@@ -14,6 +15,7 @@ import pytest
 import checkpoint
 import convert
 import main
+import runconfig
 from configs import base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,25 +42,34 @@ def _losses(workdir):
     return out
 
 
-def _run_cli(workdir, kill_at=0):
-    env = dict(os.environ, SENTEMB_KILL_AT_STEP=str(kill_at))
+def _run_cli(workdir, fault=None, *overrides):
+    """main.py on ':smoke' with checkpoints every 4 steps; `fault` (EVENT@STEP[:ACTION]) runs
+    it through tests/fixtures/fault_main.py, which injects it through train()'s hook."""
+    script = ["tests/fixtures/fault_main.py", f"--fault={fault}"] if fault else ["main.py"]
     cmd = [
         sys.executable,
-        os.path.join(ROOT, "main.py"),
+        *script,
         "--config=configs/base.py:smoke",
         f"--workdir={workdir}",
         "--config.checkpoint_every=4",
+        *overrides,
     ]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """12 smoke steps in one go: the losses a killed and resumed run must reproduce."""
+    workdir = tmp_path_factory.mktemp("straight")
+    r = _run_cli(workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return workdir
 
 
 @pytest.mark.slow
-def test_kill_and_resume_is_exact(tmp_path):
-    straight = tmp_path / "straight"
-    r = _run_cli(straight)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_kill_and_resume_is_exact(tmp_path, straight):
     killed = tmp_path / "killed"
-    r = _run_cli(killed, kill_at=6)
+    r = _run_cli(killed, "step@6")
     assert r.returncode == -9, r.stderr[-3000:]  # SIGKILL
     assert max(_losses(killed)) == 5  # killed after step 6, before its metrics were logged
     assert sorted(os.listdir(killed / checkpoint.CHECKPOINTS)) == [f"{4:09d}"]
@@ -75,6 +86,79 @@ def test_kill_and_resume_is_exact(tmp_path):
     pa = convert.load_model(str(straight / "export")).params
     pb = convert.load_model(str(killed / "export")).params
     chex.assert_trees_all_equal(pa, pb)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, resumes_from", [("model", 4), ("placed", 8)])
+def test_kill_inside_a_save_then_rerun_is_exact(tmp_path, straight, stage, resumes_from):
+    """SIGKILL inside the save of step 8: with half a checkpoint in its temporary folder
+    (model written), or with the new one renamed into place but the older ones not yet pruned."""
+    workdir = tmp_path / "killed"
+    r = _run_cli(workdir, f"save:{stage}@8")
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert f"fault: SIGKILL at save:{stage} of step 8" in r.stdout
+    r = _run_cli(workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from step {resumes_from}" in r.stdout
+    a, b = _losses(straight), _losses(workdir)
+    assert [b[s] for s in range(1, 13)] == [a[s] for s in range(1, 13)]
+    # keep_checkpoints=3; the killed save's temporary folder is gone.
+    assert sorted(os.listdir(workdir / checkpoint.CHECKPOINTS)) == [f"{s:09d}" for s in (4, 8, 12)]
+    chex.assert_trees_all_equal(
+        convert.load_model(str(straight / "export")).params,
+        convert.load_model(str(workdir / "export")).params,
+    )
+
+
+def _file_bytes(folder) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _, names in os.walk(folder):
+        for n in names:
+            path = os.path.join(dirpath, n)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_incompatible_change_and_allows_the_others(tmp_path):
+    """The issue's scenario: 8 smoke steps, checkpoints every 4, then the same workdir with
+    another architecture and pooling (refused, every file byte-identical), then with other
+    dropout, lr and total_steps (continues from step 8, the change logged at step 8)."""
+    workdir = str(tmp_path / "run")
+    main.train(smoke(total_steps=8, checkpoint_every=4), workdir)
+    before = _file_bytes(workdir)
+    assert "config.json" in before
+    with pytest.raises(checkpoint.ResumeError) as err:
+        main.train(smoke(**{"model.hidden_size": 64, "model.pooling": "cls"}), workdir)
+    message = str(err.value)
+    assert "model.hidden_size: 32 -> 64" in message and "model.pooling: 'mean' -> 'cls'" in message
+    assert workdir in message and "use a new workdir" in message
+    assert _file_bytes(workdir) == before
+
+    changed = {"model.dropout_rate": 0.0, "lr": 5e-4, "total_steps": 12, "checkpoint_every": 4}
+    summary = main.train(smoke(**changed), workdir)
+    assert summary["step"] == 12
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    change = [r for r in records if "config_change" in r]
+    assert len(change) == 1 and change[0]["step"] == 8
+    assert change[0]["config_change"] == {
+        "lr": {"old": 1e-3, "new": 5e-4},
+        "model.dropout_rate": {"old": 0.1, "new": 0.0},
+        "total_steps": {"old": 8, "new": 12},
+    }
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
+    # The config that applied up to step 8 is kept; config.json is the new one.
+    with open(os.path.join(workdir, change[0]["previous_config"]), "rb") as f:
+        assert f.read() == before["config.json"]
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["lr"] == 5e-4
+    # Checkpoints 4 and 8 of the first run are still there, untouched.
+    after = _file_bytes(workdir)
+    for step in (4, 8):
+        ckpt = os.path.join(checkpoint.CHECKPOINTS, f"{step:09d}", "model", "model.safetensors")
+        assert after[ckpt] == before[ckpt]
 
 
 @pytest.mark.slow
@@ -105,34 +189,39 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
+def test_truncated_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path, capsys):
     cfg = smoke(total_steps=4, checkpoint_every=2)
     main.train(cfg, str(tmp_path))
-    ckpts = tmp_path / checkpoint.CHECKPOINTS
-    with open(ckpts / f"{4:09d}" / "opt_state.safetensors", "wb") as f:
-        f.write(b"garbage")
+    latest = tmp_path / checkpoint.CHECKPOINTS / f"{4:09d}"
+    weights = latest / "model" / "model.safetensors"
+    blob = weights.read_bytes()
+    weights.write_bytes(blob[: len(blob) // 2])
     cfg.total_steps = 6
     main.train(cfg, str(tmp_path))
     out = capsys.readouterr()
-    assert "unreadable" in out.err and "resuming from step 2" in out.out
+    aside = f"{latest}.unreadable"
+    assert f"checkpoint {latest} is unreadable" in out.err and f"renamed to {aside}" in out.err
+    assert "resuming from step 2" in out.out
+    with open(os.path.join(aside, "model", "model.safetensors"), "rb") as f:
+        assert f.read() == blob[: len(blob) // 2]  # kept as it was
+    names = sorted(os.listdir(tmp_path / checkpoint.CHECKPOINTS))
+    assert names == [f"{s:09d}" for s in (2, 4, 6)] + [os.path.basename(aside)]
 
 
-@pytest.mark.parametrize(
-    "field, value, message",
-    [
-        ("batch_size", 12, "config field batch_size: 12 is not a positive multiple of the 8"),
-        ("model.pooling", "sum", "config field model.pooling: 'sum'"),
-        ("loss.similarity", "l2", "config field loss.similarity: 'l2'"),
-        ("init_from", "/nonexistent/model", "config field init_from: '/nonexistent/model'"),
-        ("data.dir", "/nonexistent/data", "config field data.dir"),
-        ("warmup_steps", 100, "config field warmup_steps"),
-        ("loss.cache_chunk_size", 3, "config field loss.cache_chunk_size"),
-        ("model.dtype", "float16", "config field model.dtype"),
-    ],
-)
-def test_validation_names_the_field(field, value, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-        main.validate(smoke(**{field: value}), 8)
+@pytest.mark.slow
+def test_bad_lines_are_logged_once_each(tmp_path):
+    """Planted bad lines in a small file that training reads many times over: metrics.jsonl
+    logs their exact counts, not one per pass."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    good = [json.dumps([f"a{i}", f"b{i}"]) for i in range(40)]
+    (data_dir / "pairs.jsonl").write_text("\n".join(good + ["{bad"] * 3 + ["[1, 2]"]) + "\n")
+    workdir = str(tmp_path / "run")
+    main.train(smoke(**{"data.dir": str(data_dir), "total_steps": 12}), workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line)["bad_lines"] for line in f if "bad_lines" in line]
+    # 12 steps of 16 pairs read the 44 lines more than 4 times.
+    assert records[-1] == {"pairs.jsonl": {"malformed_json": 3, "wrong_type": 1}}
 
 
 def test_every_config_field_has_a_same_line_comment():
@@ -191,7 +280,7 @@ def test_ablation_configs_change_their_field(name, field, value):
     cfg = importlib.import_module(f"configs.{name}").get_config("smoke")
     group, key = field.split(".")
     assert cfg[group][key] == value != base.get_config("smoke")[group][key]
-    main.validate(cfg, 8)
+    runconfig.validate(cfg, 8)
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "mpnet"])

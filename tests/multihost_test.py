@@ -91,13 +91,14 @@ def _start_two_processes(spawn, workdir, cache_dir, fault=None) -> dict:
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
             PYTHONUNBUFFERED="1",
         )
+        # The faulty process runs main.py through tests/fixtures/fault_main.py, whose hook
+        # (train's on_event) sends it the signal once step FAULT_AT_STEP is done.
+        script = ["main.py"]
         if fault and fault[0] == i:
-            env.update(SENTEMB_KILL_AT_STEP=str(FAULT_AT_STEP), SENTEMB_KILL_SIGNAL=fault[1])
-        else:
-            env.pop("SENTEMB_KILL_AT_STEP", None)
+            script = ["tests/fixtures/fault_main.py", f"--fault=step@{FAULT_AT_STEP}:{fault[1]}"]
         cmd = [
             sys.executable,
-            "main.py",
+            *script,
             f"--config=configs/base.py:{CONFIG_ARG}",
             f"--config.step_timeout_s={STEP_TIMEOUT_S}",
             f"--workdir={workdir}",
