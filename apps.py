@@ -59,10 +59,18 @@ class AppError(ValueError):
 def read_lines(path: str, skip_blank: bool = True) -> list[tuple[int, str]]:
     """(line number, text) of a UTF-8 file, one text per line."""
     try:
-        with open(path, encoding="utf-8", newline="\n") as f:
-            lines = f.read().split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise evaluate.DataFileError(f"{path}: cannot read as UTF-8 text ({e})") from e
+        with open(path, "rb") as f:
+            raw = f.read().split(b"\n")
+    except OSError as e:
+        raise evaluate.DataFileError(f"{path}: cannot read ({e.strerror})") from e
+    lines = []
+    for i, line in enumerate(raw, start=1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise evaluate.DataFileError(
+                f"{path}:{i}: not UTF-8 text (byte {line[e.start]:#04x} at column {e.start + 1})"
+            ) from e
     if lines and lines[-1] == "":  # the final newline ends the last line; it adds no text
         lines.pop()
     out = [(i, t.rstrip("\r")) for i, t in enumerate(lines, start=1)]
@@ -137,16 +145,42 @@ def read_index_meta(index_dir: str) -> dict:
     meta_path = os.path.join(index_dir, INDEX_META)
     if not os.path.exists(meta_path):
         raise AppError(f"{index_dir}: not a search index ({INDEX_META} is missing)")
-    with open(meta_path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AppError(f"{meta_path}: not valid JSON ({e}): rebuild the index") from e
+    fields = {"model": str, "fingerprint": str, "dim": int, "count": int}
+    for key, kind in fields.items():
+        if not isinstance(meta, dict) or not isinstance(meta.get(key), kind):
+            raise AppError(f"{meta_path}: field {key!r} should be {kind.__name__}")
+    return meta
 
 
 def load_index(index_dir: str) -> tuple[dict, list[dict], np.ndarray]:
     """(model.json, docs, embeddings as a read-only memory map) of an index folder."""
     meta = read_index_meta(index_dir)
-    with open(os.path.join(index_dir, INDEX_DOCS), encoding="utf-8") as f:
-        docs = [json.loads(line) for line in f]
-    emb_NxD = np.load(os.path.join(index_dir, INDEX_EMB), mmap_mode="r")
+    docs_path, emb_path = os.path.join(index_dir, INDEX_DOCS), os.path.join(index_dir, INDEX_EMB)
+    docs = []
+    for lineno, text in read_lines(docs_path) if meta["count"] else ():
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise AppError(f"{docs_path}:{lineno}: not valid JSON ({e.msg})") from e
+        if not isinstance(doc, dict) or not all(
+            isinstance(doc.get(k), str) for k in ("id", "text")
+        ):
+            raise AppError(f'{docs_path}:{lineno}: expected {{"id": str, "text": str}}')
+        docs.append(doc)
+    try:
+        emb_NxD = np.load(emb_path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:  # missing, truncated, not a .npy
+        raise AppError(f"{emb_path}: cannot read ({e}): rebuild the index") from e
+    if emb_NxD.ndim != 2 or emb_NxD.shape[1] != meta["dim"] or emb_NxD.dtype != np.float32:
+        raise AppError(
+            f"{emb_path}: {emb_NxD.dtype} array of shape {emb_NxD.shape}, {INDEX_META} says "
+            f"float32 rows of {meta['dim']}: rebuild the index"
+        )
     if not len(docs) == emb_NxD.shape[0] == meta["count"]:
         raise AppError(
             f"{index_dir}: {INDEX_DOCS} has {len(docs)} documents, {INDEX_EMB} "
@@ -262,6 +296,8 @@ def cluster_texts(
 ) -> list[list[int]]:
     """k-means on L2-normalised embeddings -> clusters as text indices, nearest to the centroid
     first; the largest cluster first (ties: the one holding the earliest text)."""
+    if not 1 <= k <= len(texts):  # before encoding anything
+        raise AppError(f"--k={k}: need 1 <= k <= number of texts ({len(texts)})")
     emb = evaluate.encode(m, texts, batch_size=batch_size, label="cluster")
     return cluster_embeddings(emb, k, seed)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,8 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
     "spm.model",
 )
+# Constant buffers that transformers saves in some checkpoints and rebuilds itself.
+_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 MODEL_PREFIXES = ("", "bert.", "roberta.", "distilbert.", "mpnet.", "model.", "0.auto_model.")
 
 
@@ -373,9 +376,22 @@ def load_model(path: str) -> LoadedModel:
     except ValueError as e:
         raise ModelFolderError(str(e)) from e
     used = {name for name, _ in model_lib.hf_name_table(cfg).values()}
+    # float16 / bfloat16 files (common on the Hub) are upcast: params and extras are float32.
     extra = {
-        k: v for k, v in unprefixed.items() if k not in used and k != "embeddings.position_ids"
+        k: v.astype(np.float32) if v.dtype.name in ("float16", "bfloat16") else v
+        for k, v in unprefixed.items()
+        if k not in used and k not in _BUFFERS
     }
+    # Other tensors (a pooler, a head) are kept for export; one inside the encoder that the
+    # config does not describe (a seventh layer for six) means weights and config disagree.
+    encoder_parts = {name.split(".")[0] for name in used}
+    stray = sorted(k for k in extra if k.split(".")[0] in encoder_parts)
+    if stray:
+        raise ModelFolderError(
+            f"{weights_path}: tensor {prefix + stray[0]!r} is not part of the encoder that "
+            f"{config_path} describes ({cfg.model_type}, {cfg.num_layers} layers)"
+            + (f"; {len(stray) - 1} more such tensors" if len(stray) > 1 else "")
+        )
 
     tok_files = {}
     for name in TOKENIZER_FILES:
@@ -469,7 +485,15 @@ def main(argv: list[str]) -> None:
     model_path, out = flags.FLAGS.model, flags.FLAGS.out
     if not model_path or not out:
         raise app.UsageError("--model and --out are required")
-    m = load_model(model_path)
+    try:
+        if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+            raise ModelFolderError(
+                f"--out {out}: already exists and is not empty; nothing is "
+                "overwritten: give a new folder"
+            )
+        m = load_model(model_path)
+    except ModelFolderError as e:
+        sys.exit(f"error: {e}")
     export_model(m, out)
     print(json.dumps({"model": m.path, "out": out, "model_type": m.config.model_type}))
 

