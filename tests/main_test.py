@@ -205,7 +205,7 @@ def test_truncated_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path, caps
     with open(os.path.join(aside, "model", "model.safetensors"), "rb") as f:
         assert f.read() == blob[: len(blob) // 2]  # kept as it was
     names = sorted(os.listdir(tmp_path / checkpoint.CHECKPOINTS))
-    assert names == [f"{s:09d}" for s in (2, 4, 6)] + [os.path.basename(aside)]
+    assert names == sorted([f"{s:09d}" for s in (2, 4, 6)] + [os.path.basename(aside)])
 
 
 @pytest.mark.slow
@@ -217,10 +217,10 @@ def test_bad_lines_are_logged_once_each(tmp_path):
     good = [json.dumps([f"a{i}", f"b{i}"]) for i in range(40)]
     (data_dir / "pairs.jsonl").write_text("\n".join(good + ["{bad"] * 3 + ["[1, 2]"]) + "\n")
     workdir = str(tmp_path / "run")
-    main.train(smoke(**{"data.dir": str(data_dir), "total_steps": 12}), workdir)
+    summary = main.train(smoke(**{"data.dir": str(data_dir), "total_steps": 8}), workdir)
+    assert summary["loader"]["passes"]["pairs.jsonl"] >= 2  # 8 steps of 16 pairs, 40 valid
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line)["bad_lines"] for line in f if "bad_lines" in line]
-    # 12 steps of 16 pairs read the 44 lines more than 4 times.
     assert records[-1] == {"pairs.jsonl": {"malformed_json": 3, "wrong_type": 1}}
 
 
