@@ -313,14 +313,6 @@ def train(
     loader = data_lib.MixtureLoader.from_config(
         config.data, batch_size=config.batch_size, seed=config.seed, workdir=workdir
     )
-    os.makedirs(workdir, exist_ok=True)
-    if compilation_cache and config.compilation_cache_dir:  # after the checks: they write nothing
-        cache = os.path.join(workdir, os.path.expanduser(config.compilation_cache_dir))
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax_compilation_cache.reset_cache()  # JAX decides at its first compilation otherwise
-    log = MetricsLog(workdir, enabled=is_main)
-
     mesh = jax.make_mesh((len(devices),), (AXIS,), devices=devices)
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(AXIS))
@@ -328,6 +320,7 @@ def train(
 
     params = m.params
     fresh = TrainState(params, optimizer.init(params), jax.random.key(config.seed), np.int32(0))
+    # A checkpoint of another model is an error here; an unreadable one is set aside.
     restored = checkpoint.restore(workdir, m, fresh, set_aside=is_main)
     loader_state = None
     if restored is not None:
@@ -335,6 +328,17 @@ def train(
         loader.restore(loader_state)
         print(f"resuming from step {int(fresh.step)} in {workdir}", flush=True)
     start_step = int(fresh.step)
+    if start_step >= config.total_steps:
+        print(
+            f"step {start_step} >= total_steps={config.total_steps}: nothing to train", flush=True
+        )
+    os.makedirs(workdir, exist_ok=True)  # the input checks are behind us: from here on, writes
+    if compilation_cache and config.compilation_cache_dir:
+        cache = os.path.join(workdir, os.path.expanduser(config.compilation_cache_dir))
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax_compilation_cache.reset_cache()  # JAX decides at its first compilation otherwise
+    log = MetricsLog(workdir, enabled=is_main)
     if jax.process_count() > 1:  # every process reads the checkpoint itself
         multihost_utils.assert_equal(
             start_step,
