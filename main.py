@@ -344,7 +344,7 @@ def train(
             start_step,
             f"processes would resume from different steps: {workdir} must be shared storage",
         )
-    if is_main:  # DIR/config.json; a change a resume may make is logged at its step
+    if is_main:  # DIR/run_config.json; a change a resume may make is logged at its step
         kept = runconfig.save(workdir, config, start_step)
         if config_changes:
             log.write(

@@ -13,8 +13,8 @@ else must hold, and `resume` says whether the checkpoints of a workdir depend on
   logging, evaluation, checkpoint cadence); the change is logged in DIR/metrics.jsonl at the
   step the run resumes from.
 
-DIR/config.json holds the config of the latest start (JSON, dotted field names); when a start
-changes it, the previous file is kept as DIR/config_history/<step>.json, <step> being the step
+DIR/run_config.json holds the config of the latest start (JSON, dotted field names); when a start
+changes it, the previous file is kept as DIR/run_config_history/<step>.json, <step> being the step
 from which the new config applies.
 """
 
@@ -36,8 +36,8 @@ import loss as loss_lib
 import model as model_lib
 from configs import base  # the defaults define the types
 
-CONFIG_FILE = "config.json"  # DIR/config.json: the config of the latest start
-HISTORY_DIR = "config_history"  # DIR/config_history/<step>.json: the configs it replaced
+CONFIG_FILE = "run_config.json"  # DIR/run_config.json: the config of the latest start
+HISTORY_DIR = "run_config_history"  # DIR/run_config_history/<step>.json: the configs it replaced
 KEEP, CONTINUES = "keep", "continues"
 
 # A check gets (value, whole config, number of devices) and returns why the value is wrong, or
@@ -256,12 +256,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 
 def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config as DIR/config.json holds it: dotted names, JSON values (tuples as lists)."""
+    """The config as DIR/run_config.json holds it: dotted names, JSON values (tuples as lists)."""
     return json.loads(json.dumps(leaves(config), sort_keys=True))
 
 
 def read_saved(workdir: str) -> dict[str, Any] | None:
-    """DIR/config.json, or None for a workdir without one."""
+    """DIR/run_config.json, or None for a workdir without one."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return None
@@ -276,7 +276,7 @@ def read_saved(workdir: str) -> dict[str, Any] | None:
 
 
 def changes(saved: dict[str, Any] | None, config: ml_collections.ConfigDict) -> dict[str, tuple]:
-    """{field: (saved value, this run's value)} for every field that differs from config.json.
+    """{field: (saved value, this run's value)} for every field that differs from run_config.json.
 
     A field one side does not have (a field added or removed by a code update) counts as a
     change with value None on that side.
@@ -292,7 +292,7 @@ def changes(saved: dict[str, Any] | None, config: ml_collections.ConfigDict) -> 
 
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple]:
-    """This run's changes to DIR/config.json; ResumeError if the checkpoints depend on one.
+    """This run's changes to DIR/run_config.json; ResumeError if the checkpoints depend on one.
 
     Reads only: nothing in the workdir is written or changed here.
     """
@@ -321,10 +321,10 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
 
 
 def save(workdir: str, config: ml_collections.ConfigDict, step: int) -> str | None:
-    """Writes DIR/config.json; a different previous one is kept in DIR/config_history/.
+    """Writes DIR/run_config.json; a different previous one is kept in DIR/run_config_history/.
 
     Returns the kept file's path relative to the workdir (None when nothing was replaced).
-    Every file is written under a temporary name and renamed: no moment without config.json.
+    Every file is written under a temporary name and renamed: no moment without run_config.json.
     """
     path = os.path.join(workdir, CONFIG_FILE)
     saved = read_saved(workdir)

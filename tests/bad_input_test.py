@@ -106,7 +106,7 @@ def _run_main(*args):
 
 
 def _config_json_workdir(tmp_path):
-    """A workdir a smoke run left: config.json and a checkpoint folder."""
+    """A workdir a smoke run left: run_config.json and a checkpoint folder."""
     workdir = tmp_path / "run"
     workdir.mkdir()
     runconfig.save(str(workdir), base.get_config("smoke"), 0)

@@ -128,7 +128,7 @@ def test_resume_refuses_a_checkpoint_incompatible_change_and_allows_the_others(t
     workdir = str(tmp_path / "run")
     main.train(smoke(total_steps=8, checkpoint_every=4), workdir)
     before = _file_bytes(workdir)
-    assert "config.json" in before
+    assert "run_config.json" in before
     with pytest.raises(checkpoint.ResumeError) as err:
         main.train(smoke(**{"model.hidden_size": 64, "model.pooling": "cls"}), workdir)
     message = str(err.value)
@@ -149,10 +149,10 @@ def test_resume_refuses_a_checkpoint_incompatible_change_and_allows_the_others(t
         "total_steps": {"old": 8, "new": 12},
     }
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
-    # The config that applied up to step 8 is kept; config.json is the new one.
+    # The config that applied up to step 8 is kept; run_config.json is the new one.
     with open(os.path.join(workdir, change[0]["previous_config"]), "rb") as f:
-        assert f.read() == before["config.json"]
-    with open(os.path.join(workdir, "config.json")) as f:
+        assert f.read() == before["run_config.json"]
+    with open(os.path.join(workdir, "run_config.json")) as f:
         assert json.load(f)["lr"] == 5e-4
     # Checkpoints 4 and 8 of the first run are still there, untouched.
     after = _file_bytes(workdir)

@@ -1,4 +1,4 @@
-"""runconfig.py: every config field's type and value checked, DIR/config.json, and which changes
+"""runconfig.py: every config field's type and value checked, DIR/run_config.json, and which changes
 a resume may make (the end-to-end resume runs are in main_test.py)."""
 
 import json
@@ -8,6 +8,7 @@ import ml_collections
 import pytest
 
 import checkpoint
+import convert
 import runconfig
 from configs import base
 
@@ -139,7 +140,7 @@ def test_an_sts_file_with_a_bad_score_stops_the_run_before_training(tmp_path):
 
 
 def _workdir(tmp_path, config, checkpoints=True):
-    """A workdir as a run of `config` leaves it (config.json; an empty checkpoint folder)."""
+    """A workdir as a run of `config` leaves it (run_config.json; an empty checkpoint folder)."""
     runconfig.save(str(tmp_path), config, 0)
     if checkpoints:
         os.makedirs(tmp_path / checkpoint.CHECKPOINTS / f"{4:09d}")
@@ -188,7 +189,7 @@ def test_config_json_keeps_its_history(tmp_path):
     workdir = str(tmp_path)
     first = base.get_config("smoke")
     assert runconfig.save(workdir, first, 0) is None
-    with open(tmp_path / "config.json") as f:
+    with open(tmp_path / "run_config.json") as f:
         assert json.load(f) == runconfig.as_json(first)
     assert runconfig.save(workdir, first, 4) is None  # unchanged: nothing kept
     assert not (tmp_path / runconfig.HISTORY_DIR).exists()
@@ -198,12 +199,23 @@ def test_config_json_keeps_its_history(tmp_path):
         assert json.load(f) == runconfig.as_json(first)
     kept2 = runconfig.save(workdir, base.get_config("smoke,lr=0.25"), 8)  # same step again
     assert kept2 == os.path.join(runconfig.HISTORY_DIR, f"{8:09d}-2.json")
-    with open(tmp_path / "config.json") as f:
+    with open(tmp_path / "run_config.json") as f:
         assert json.load(f)["lr"] == 0.25
-    assert sorted(os.listdir(tmp_path)) == ["config.json", runconfig.HISTORY_DIR]
+    assert sorted(os.listdir(tmp_path)) == ["run_config.json", runconfig.HISTORY_DIR]
+
+
+def test_a_workdir_with_its_run_config_is_still_a_model_path(tmp_path):
+    """run_config.json is not named config.json: that would make the workdir look like a model
+    folder to convert.resolve_model_dir (evaluate.py --model=DIR)."""
+    model = convert.export_model(
+        convert.load_model(os.path.join(ROOT, "tests", "fixtures", "tiny_bert")),
+        str(tmp_path / checkpoint.CHECKPOINTS / f"{4:09d}" / "model"),
+    )
+    runconfig.save(str(tmp_path), base.get_config("smoke"), 0)
+    assert convert.resolve_model_dir(str(tmp_path)) == model
 
 
 def test_an_unreadable_config_json_is_named(tmp_path):
-    (tmp_path / "config.json").write_text("{oops")
-    with pytest.raises(checkpoint.ResumeError, match=r"config\.json: unreadable"):
+    (tmp_path / "run_config.json").write_text("{oops")
+    with pytest.raises(checkpoint.ResumeError, match=r"run_config\.json: unreadable"):
         runconfig.check_resume(base.get_config("smoke"), str(tmp_path))
