@@ -150,11 +150,16 @@ def test_smoke_sweep_killed_and_resumed(tmp_path):
         f"--compilation_cache={os.environ.get('JAX_COMPILATION_CACHE_DIR', '')}",
     ]
     short, long = workdir / "cells" / "short" / "seed_0", workdir / "cells" / "long" / "seed_0"
-    # The 12-step cell stops itself after step 6 (checkpoint at step 4; main.py's fault hook),
-    # the 4-step one never gets there; then the sweep is killed from outside.
-    env = dict(os.environ, SENTEMB_KILL_AT_STEP="6", SENTEMB_KILL_SIGNAL="SIGSTOP")
+    # The 12-step cell stops itself after step 6 (checkpoint at step 4): the first sweep runs
+    # through tests/fixtures/fault_sweep.py, whose cells get a SIGSTOP hook in main.train; the
+    # 4-step cell never gets there. Then the sweep is killed from outside.
+    faulty = [
+        cmd[0],
+        os.path.join(ROOT, "tests", "fixtures", "fault_sweep.py"),
+        "--fault=step@6:SIGSTOP",
+    ]
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        faulty + cmd[2:], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.time() + 600
