@@ -2,8 +2,10 @@
 a save, injected by tests/fixtures/fault_main.py), resume with a changed config, unreadable
 checkpoints, device counts, non-finite loss, bad lines; config parsing."""
 
+import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -120,15 +122,38 @@ def _file_bytes(folder) -> dict[str, bytes]:
     return out
 
 
+class _Stopped(Exception):
+    """Raised by an on_event hook: the run stops there, as when it is interrupted."""
+
+
+def _stop_after_save(at):
+    def hook(name, step, state):
+        if name == "save:pruned" and step == at:
+            raise _Stopped(step)
+
+    return hook
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
 @pytest.mark.slow
 def test_resume_refuses_a_checkpoint_incompatible_change_and_allows_the_others(tmp_path):
-    """The issue's scenario: 8 smoke steps, checkpoints every 4, then the same workdir with
-    another architecture and pooling (refused, every file byte-identical), then with other
-    dropout, lr and total_steps (continues from step 8, the change logged at step 8)."""
+    """The issue's scenario: 12 smoke steps with checkpoints every 4, stopped after the save of
+    step 8; the same workdir with another architecture and pooling is refused (every file
+    byte-identical); with only dropout_rate, or only lr, changed it continues from step 8 (the
+    change logged at step 8, the new lr in effect) and leaves checkpoints 4 and 8 as they were."""
     workdir = str(tmp_path / "run")
-    main.train(smoke(total_steps=8, checkpoint_every=4), workdir)
+    with pytest.raises(_Stopped):
+        main.train(smoke(), workdir, on_event=_stop_after_save(8))
     before = _file_bytes(workdir)
     assert "run_config.json" in before
+    assert [os.path.basename(p) for p in checkpoint.checkpoint_dirs(workdir)] == [
+        f"{8:09d}",
+        f"{4:09d}",
+    ]
     with pytest.raises(checkpoint.ResumeError) as err:
         main.train(smoke(**{"model.hidden_size": 64, "model.pooling": "cls"}), workdir)
     message = str(err.value)
@@ -136,29 +161,38 @@ def test_resume_refuses_a_checkpoint_incompatible_change_and_allows_the_others(t
     assert workdir in message and "use a new workdir" in message
     assert _file_bytes(workdir) == before
 
-    changed = {"model.dropout_rate": 0.0, "lr": 5e-4, "total_steps": 12, "checkpoint_every": 4}
-    summary = main.train(smoke(**changed), workdir)
-    assert summary["step"] == 12
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    change = [r for r in records if "config_change" in r]
-    assert len(change) == 1 and change[0]["step"] == 8
-    assert change[0]["config_change"] == {
-        "lr": {"old": 1e-3, "new": 5e-4},
-        "model.dropout_rate": {"old": 0.1, "new": 0.0},
-        "total_steps": {"old": 8, "new": 12},
-    }
-    assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
-    # The config that applied up to step 8 is kept; run_config.json is the new one.
-    with open(os.path.join(workdir, change[0]["previous_config"]), "rb") as f:
-        assert f.read() == before["run_config.json"]
-    with open(os.path.join(workdir, "run_config.json")) as f:
-        assert json.load(f)["lr"] == 5e-4
-    # Checkpoints 4 and 8 of the first run are still there, untouched.
-    after = _file_bytes(workdir)
-    for step in (4, 8):
-        ckpt = os.path.join(checkpoint.CHECKPOINTS, f"{step:09d}", "model", "model.safetensors")
-        assert after[ckpt] == before[ckpt]
+    lr_workdir = str(tmp_path / "lr")
+    shutil.copytree(workdir, lr_workdir)
+    for where, field, old, new in [
+        (workdir, "model.dropout_rate", 0.1, 0.0),
+        (lr_workdir, "lr", 1e-3, 5e-4),
+    ]:
+        config = smoke(**{field: new})
+        summary = main.train(config, where)
+        assert summary["step"] == 12
+        records = _records(where)
+        change = [r for r in records if "config_change" in r]
+        assert len(change) == 1 and change[0]["step"] == 8
+        assert change[0]["config_change"] == {field: {"old": old, "new": new}}
+        # Steps 1-8 from the first run, 9-12 from the resumed one: nothing trained twice.
+        assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
+        lrs = {r["step"]: r["lr"] for r in records if "loss" in r}
+        _, schedule = main.make_optimizer(config)
+        assert lrs[9] == pytest.approx(float(schedule(8)))  # the new config's schedule
+        # The config that applied up to step 8 is kept; run_config.json is the new one.
+        with open(os.path.join(where, change[0]["previous_config"]), "rb") as f:
+            assert f.read() == before["run_config.json"]
+        with open(os.path.join(where, "run_config.json")) as f:
+            assert json.load(f)[field] == new
+        # Checkpoints 4 and 8 of the first run are still there, untouched.
+        after = _file_bytes(where)
+        for name, blob in before.items():
+            if name.startswith(checkpoint.CHECKPOINTS):
+                assert after[name] == blob, name
+    # The lr change is in effect: the two continuations log different rates from step 9 on.
+    lr_a = {r["step"]: r["lr"] for r in _records(workdir) if "loss" in r}
+    lr_b = {r["step"]: r["lr"] for r in _records(lr_workdir) if "loss" in r}
+    assert lr_a[8] == lr_b[8] and lr_a[9] != lr_b[9]
 
 
 @pytest.mark.slow
@@ -222,6 +256,21 @@ def test_bad_lines_are_logged_once_each(tmp_path):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line)["bad_lines"] for line in f if "bad_lines" in line]
     assert records[-1] == {"pairs.jsonl": {"malformed_json": 3, "wrong_type": 1}}
+
+
+def test_main_reads_no_environment_variables():
+    """Faults come from outside the trainer (train's on_event hook, tests/fixtures/fault_main.py):
+    main.py reads no environment variable, test-only or other."""
+    with open(os.path.join(ROOT, "main.py")) as f:
+        tree = ast.parse(f.read())
+    found = [
+        f"main.py:{node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.Attribute) and node.attr in ("environ", "environb", "getenv"))
+        or (isinstance(node, ast.Name) and node.id in ("environ", "getenv"))
+        or (isinstance(node, ast.Constant) and "SENTEMB_" in str(node.value))
+    ]
+    assert not found, found
 
 
 def test_every_config_field_has_a_same_line_comment():
