@@ -3,6 +3,7 @@
 import functools
 
 import chex
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,6 +107,57 @@ class PoolingTest(parameterized.TestCase):
     def test_unknown_pooling_is_an_error(self):
         with pytest.raises(ValueError, match="pooling 'sum'"):
             model.make_embed_fn(FAMILIES["bert"], pooling="sum")
+
+
+def _softmax_attention(q, k, v, bias, rate=0.0, key=None):
+    """Attention as written down: softmax(q k^T / sqrt(K) + bias), dropout, then times v."""
+    scores = jnp.einsum("bqhk,bthk->bhqt", q / np.sqrt(q.shape[-1]), k) + bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    if rate:
+        probs = model.dropout(key, rate, probs)
+    return jnp.einsum("bhqt,bthk->bqhk", probs, v)
+
+
+class AttentionTest(parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(0)
+        self.q, self.k, self.v = (rng.normal(size=(3, 7, 2, 4)).astype(np.float32) for _ in "qkv")
+        seg = np.array([[1, 1, 1, 2, 2, 0, 0], [1] * 7, [1, 1, 0, 0, 0, 0, 0]])
+        allowed = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+        # Padding queries see no key at all: every score masked, as the encoder's bias does.
+        self.bias = np.where(allowed, 0.0, np.finfo(np.float32).min)[:, None].astype(np.float32)
+
+    def test_equals_softmax_then_product_in_float64(self):
+        got = model.attention(self.q, self.k, self.v, self.bias, 0.0, False)
+        q, k, v = (x.astype(np.float64) for x in (self.q, self.k, self.v))
+        scores = np.einsum("bqhk,bthk->bhqt", q / 2.0, k) + self.bias
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        want = np.einsum("bhqt,bthk->bqhk", probs, v)
+        np.testing.assert_allclose(got, want, atol=2e-6)
+
+    def test_gradients_equal_the_softmax_form(self):
+        def loss(attend):
+            return lambda q, k, v: (attend(q, k, v) ** 2 * self.v).sum()
+
+        ours = jax.grad(
+            loss(lambda q, k, v: model.attention(q, k, v, self.bias, 0.0, False)), (0, 1, 2)
+        )(self.q, self.k, self.v)
+        want = jax.grad(loss(lambda q, k, v: _softmax_attention(q, k, v, self.bias)), (0, 1, 2))(
+            self.q, self.k, self.v
+        )
+        chex.assert_trees_all_close(ours, want, atol=1e-5)
+
+    def test_dropout_drops_the_same_probabilities(self):
+        key = jax.random.PRNGKey(3)
+        draw = hk.transform(lambda: hk.next_rng_key())
+        ours = hk.transform(
+            lambda: model.attention(self.q, self.k, self.v, self.bias, 0.3, True)
+        ).apply({}, key)
+        want = _softmax_attention(self.q, self.k, self.v, self.bias, 0.3, draw.apply({}, key))
+        np.testing.assert_allclose(ours, want, atol=2e-6)
+        assert not np.allclose(ours, _softmax_attention(self.q, self.k, self.v, self.bias))
 
 
 class EncoderTest(parameterized.TestCase):
