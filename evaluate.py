@@ -27,16 +27,19 @@ from collections.abc import Iterator, Sequence
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 import tqdm
 from absl import app, flags, logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import convert
 import model as model_lib
+import packing
 
-BUCKET = 16  # rows are padded to a multiple of this many tokens: few shapes, little padding
+ENCODE_AXIS = "rows"  # mesh axis of data-parallel encoding
+PACK_LENGTH = 64  # texts of at most half this many tokens share encoding rows this long
 SEARCH_CHUNK = 65536  # corpus rows per matrix product in top_k: bounded memory, BLAS-sized work
 
 
@@ -44,17 +47,28 @@ class DataFileError(ValueError):
     """An evaluation file that cannot be read; the message names the file and line."""
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=32)
 def _jitted_embed(
-    config: model_lib.EncoderConfig, pooling: str, normalize: bool, dtype: str
+    config: model_lib.EncoderConfig,
+    pooling: str,
+    normalize: bool,
+    dtype: str,
+    num_segments: int,
+    mesh: jax.sharding.Mesh | None,
 ) -> callable:
-    fn = model_lib.make_embed_fn(config, pooling, normalize)
+    """ids_RxL, segments_RxL -> emb_RxSxD, data-parallel over `mesh`'s devices when given."""
+    fn = model_lib.make_embed_fn(config, pooling, normalize, num_segments)
 
-    def embed(params, ids_BxL, segments_BxL):
+    def embed(params, ids_RxL, segments_RxL):
         params = model_lib.cast_params(params, dtype)
-        return fn.apply(params, None, ids_BxL, segments_BxL, False)[:, 0]
+        return fn.apply(params, None, ids_RxL, segments_RxL, False)
 
-    return jax.jit(embed)
+    if mesh is None:
+        return jax.jit(embed)
+    # Each device embeds its share of the rows: XLA:CPU runs the attention's batched products
+    # on one core per device, so two host devices keep both cores busy (docs/benchmarks.md).
+    rows = P(ENCODE_AXIS)
+    return jax.jit(jax.shard_map(embed, mesh=mesh, in_specs=(P(), rows, rows), out_specs=rows))
 
 
 def l2_normalize(x_NxD: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -74,39 +88,61 @@ def encode(
     dtype: str = "float32",
     progress: bool = True,
     label: str = "encoding",
+    max_tokens: int | None = None,
+    pack_length: int = PACK_LENGTH,
+    devices: Sequence[jax.Device] | None = None,
 ) -> np.ndarray:
-    """Embed `texts` -> float32 [N, D] in input order (length-sorted inside: little padding).
+    """Embed `texts` -> float32 [N, D] in input order.
 
-    Batches have a fixed number of rows (empty rows pad the last one) so each length compiles
-    once; a call with fewer texts than `batch_size` uses the next power of two (at least 8: few
-    shapes to compile) instead, so a single query does not pay for 64 rows.
+    Calls are sized by tokens, not texts: each holds at most `max_tokens` token slots (default
+    `batch_size` texts of the model's max_seq_length), so it takes many short texts and few long
+    ones. Texts of at most `pack_length // 2` tokens share rows of `pack_length` tokens (packed
+    segments, attention confined to each text; 0 = one text per row); longer ones go one per
+    row, longest first, padded to a multiple of 16 tokens. Each call's rows are split over
+    `devices` (default: this process's devices of the default backend), the params put on them
+    once. See packing.encode_batches for the shapes that get compiled.
     """
-    # On the device once per call, not once per batch.
-    params = jax.device_put(m.params if params is None else params)
     n = len(texts)
     emb_NxD = np.zeros((n, m.config.hidden_size), np.float32)
     if n == 0:
         return emb_NxD
-    batch_size = min(batch_size, max(8, 1 << (n - 1).bit_length()))
-    encodings = m.tokenizer.encode_batch(list(texts))
-    lengths = np.array([len(e.ids) for e in encodings])
-    order = np.argsort(-lengths, kind="stable")
-    embed = _jitted_embed(m.config, m.pooling, m.normalize, dtype)
+    devices = list(jax.local_devices() if devices is None else devices)
+    mesh = (
+        jax.make_mesh((len(devices),), (ENCODE_AXIS,), devices=devices)
+        if len(devices) > 1
+        else None
+    )
+    params = m.params if params is None else params
+    if mesh is None:
+        params = jax.device_put(params, devices[0])
+        put = functools.partial(jax.device_put, device=devices[0])
+    else:
+        params = jax.device_put(params, NamedSharding(mesh, P()))
+        put = functools.partial(jax.device_put, device=NamedSharding(mesh, P(ENCODE_AXIS)))
+    token_ids = [e.ids for e in m.tokenizer.encode_batch(list(texts))]
+    batches = packing.encode_batches(
+        [len(t) for t in token_ids],
+        max_tokens=max_tokens or batch_size * m.max_seq_length,
+        max_length=max(m.max_seq_length, max(len(t) for t in token_ids)),
+        pack_length=pack_length,
+        row_multiple=len(devices),
+    )
     pad = m.pad_id
     bar = tqdm.tqdm(total=n, desc=label, unit="text", disable=not progress, file=sys.stderr)
-    for lo in range(0, n, batch_size):
-        idx = order[lo : lo + batch_size]
-        longest = int(lengths[idx].max())
-        length = min(-(-longest // BUCKET) * BUCKET, max(longest, m.max_seq_length))
-        ids_BxL = np.full((batch_size, length), pad, np.int32)
-        seg_BxL = np.zeros((batch_size, length), np.int32)
-        for row, i in enumerate(idx):
-            ids = encodings[i].ids
-            ids_BxL[row, : len(ids)] = ids
-            seg_BxL[row, : len(ids)] = 1
-        out = embed(params, jnp.asarray(ids_BxL), jnp.asarray(seg_BxL))
-        emb_NxD[idx] = np.asarray(out)[: len(idx)]
-        bar.update(len(idx))
+    pending = None  # the call in flight: its result is read after the next one is dispatched
+
+    def collect(batch, out_RxSxD):
+        emb_NxD[batch.index] = np.asarray(out_RxSxD)[batch.row, batch.slot]
+        bar.update(len(batch.index))
+
+    for batch in batches:
+        ids_RxL, seg_RxL = packing.encode_rows(batch, token_ids, pad)
+        embed = _jitted_embed(m.config, m.pooling, m.normalize, dtype, batch.segments, mesh)
+        out = embed(params, put(ids_RxL), put(seg_RxL))
+        if pending is not None:
+            collect(*pending)
+        pending = (batch, out)
+    collect(*pending)
     bar.close()
     return emb_NxD
 

@@ -18,6 +18,7 @@ process, R rows per device, L tokens per row, S segments (texts) per row at most
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -165,3 +166,104 @@ def device_slice(
         per = x.shape[0] // num_devices
         out[key] = x[first * per : (first + count) * per]
     return out
+
+
+# ----------------------------------------------------------------------------- encoding batches
+
+ENCODE_BUCKET = 16  # padded rows of an encoding call are a multiple of this many tokens long
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeBatch:
+    """One encoder call: texts `index` (positions in the input) at (row, slot) of rows x length."""
+
+    index: np.ndarray  # [n] the texts of this call
+    row: np.ndarray  # [n] row of each text
+    slot: np.ndarray  # [n] segment of each text in its row (0 for one text per row)
+    rows: int  # R of the call (padding rows included)
+    length: int  # L of the call
+    segments: int  # S of the call: 1 = one text per row, else packed rows
+
+
+def _call_rows(needed: int, full: int, multiple: int) -> int:
+    """Rows of a call that holds `needed` rows: `full`, or for the last, partial call of a
+    shape the next power of two (at least 8), so a single query does not pay for a full call."""
+    if needed >= full:
+        return full
+    small = max(8, 1 << (needed - 1).bit_length())
+    return min(full, -(-small // multiple) * multiple)
+
+
+def encode_batches(
+    lengths: Sequence[int],
+    *,
+    max_tokens: int,
+    max_length: int,
+    pack_length: int = 0,
+    max_segments: int = 16,
+    row_multiple: int = 1,
+) -> list[EncodeBatch]:
+    """Encoding calls of at most `max_tokens` token slots each for texts of `lengths` tokens.
+
+    Texts of at most `pack_length // 2` tokens share rows of `pack_length` (best-fit
+    decreasing, at most `max_segments` per row); the others, longest first, go one per row,
+    padded to a multiple of ENCODE_BUCKET (at most `max_length`), as many rows per call as the
+    budget allows. A call's row count depends only on its length (the last call of each kind
+    takes the next power of two instead) and divides by `row_multiple` (the devices sharing a
+    call), so a run compiles a handful of shapes: one per row length its longest texts need.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    if len(lengths) and int(lengths.max()) > max_length:
+        raise ValueError(f"a text of {int(lengths.max())} tokens exceeds max_length {max_length}")
+
+    def full_rows(length: int) -> int:
+        return max(row_multiple, max_tokens // length // row_multiple * row_multiple)
+
+    order = np.argsort(-lengths, kind="stable")  # longest first: texts of a call pad alike
+    packed = order[lengths[order] <= pack_length // 2] if pack_length else order[:0]
+    single = order[: len(order) - len(packed)]
+    batches = []
+    lo = 0
+    while lo < len(single):
+        longest = int(lengths[single[lo]])
+        length = min(-(-longest // ENCODE_BUCKET) * ENCODE_BUCKET, max_length)
+        full = full_rows(length)
+        index = single[lo : lo + full]
+        rows = _call_rows(len(index), full, row_multiple)
+        zeros = np.zeros(len(index), np.int64)
+        batches.append(EncodeBatch(index, np.arange(len(index)), zeros, rows, length, 1))
+        lo += len(index)
+    if len(packed):
+        place = np.array(best_fit_decreasing(lengths[packed].tolist(), pack_length, max_segments))
+        full = full_rows(pack_length)
+        num_rows = int(place[:, 0].max()) + 1
+        for first in range(0, num_rows, full):
+            mine = (place[:, 0] >= first) & (place[:, 0] < first + full)
+            rows = _call_rows(min(full, num_rows - first), full, row_multiple)
+            batches.append(
+                EncodeBatch(
+                    packed[mine],
+                    place[mine, 0] - first,
+                    place[mine, 1],
+                    rows,
+                    pack_length,
+                    max_segments,
+                )
+            )
+    return batches
+
+
+def encode_rows(
+    batch: EncodeBatch, token_ids: Sequence[Sequence[int]], pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids_RxL, segments_RxL) int32 of one encoding call; `token_ids` are all texts' ids."""
+    ids_RxL = np.full((batch.rows, batch.length), pad_id, np.int32)
+    seg_RxL = np.zeros((batch.rows, batch.length), np.int32)
+    fill_R = np.zeros(batch.rows, np.int64)
+    for i, r, s in zip(batch.index, batch.row, batch.slot, strict=True):
+        t = token_ids[i]
+        start = fill_R[r]
+        ids_RxL[r, start : start + len(t)] = t
+        seg_RxL[r, start : start + len(t)] = s + 1
+        fill_R[r] += len(t)
+    return ids_RxL, seg_RxL

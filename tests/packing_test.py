@@ -180,3 +180,74 @@ def test_packing_with_gradcache_equals_plain(tmp_path, plain_run):
     # above are the sharp check; the parameters get a looser bound (seen: 2.9e-5 on one of
     # 976,704 entries).
     chex.assert_trees_all_close(p_cache, p_plain, atol=1e-4)
+
+
+def _check_encode_batches(lengths, batches, *, max_tokens, max_length, pack_length, multiple):
+    seen = np.concatenate([b.index for b in batches])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(len(lengths)))  # each text once
+    for b in batches:
+        assert b.rows % multiple == 0
+        assert b.rows * b.length <= max(max_tokens, multiple * b.length)  # within the budget
+        cells = {}
+        for i, r, s in zip(b.index, b.row, b.slot, strict=True):
+            assert 0 <= r < b.rows and 0 <= s < b.segments
+            assert (r, s) not in cells
+            cells[(r, s)] = lengths[i]
+        for r in {r for r, _ in cells}:
+            assert sum(n for (rr, _), n in cells.items() if rr == r) <= b.length
+        if b.segments == 1:  # one text per row, padded to the bucket of its longest text
+            assert b.length % packing.ENCODE_BUCKET == 0 or b.length == max_length
+            assert max(lengths[b.index]) > b.length - packing.ENCODE_BUCKET
+            assert min(lengths[b.index]) > pack_length // 2
+        else:
+            assert b.length == pack_length and max(lengths[b.index]) <= pack_length // 2
+
+
+@pytest.mark.parametrize("pack_length", [0, 64])
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_encode_batches_place_every_text_once_within_the_budget(pack_length, multiple):
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(3, 40, 700), rng.integers(40, 257, 300)])
+    rng.shuffle(lengths)
+    kw = dict(max_tokens=64 * 256, max_length=256, pack_length=pack_length, row_multiple=multiple)
+    batches = packing.encode_batches(lengths, **kw)
+    _check_encode_batches(
+        lengths, batches, **{k: kw[k] for k in kw if k != "row_multiple"}, multiple=multiple
+    )
+    # Few shapes: at most one per 16-token length and kind, plus each kind's last partial call.
+    shapes = {(b.rows, b.length, b.segments) for b in batches}
+    lengths_used = {(b.length, b.segments) for b in batches}
+    assert len(shapes) <= len(lengths_used) + 2
+    # Short texts ride many to a call: the 16-token calls hold 1024 rows, 256-token ones 64.
+    full = {b.length: b.rows for b in batches if b.segments == 1}
+    assert full[256] == 64
+    if pack_length:
+        packed = [b for b in batches if b.segments > 1]
+        assert packed[0].rows == 256  # 64 x 256 tokens in rows of 64
+        n_packed = sum(len(b.index) for b in packed)
+        assert n_packed == int((lengths <= 32).sum())
+        assert sum(b.rows for b in packed) < n_packed / 2  # several texts a row
+
+
+def test_encode_batches_small_calls_and_one_text():
+    (one,) = packing.encode_batches([5], max_tokens=64 * 256, max_length=256, pack_length=64)
+    assert (one.rows, one.length, len(one.index)) == (8, 64, 1)
+    (one,) = packing.encode_batches([5], max_tokens=64 * 256, max_length=256, pack_length=0)
+    assert (one.rows, one.length) == (8, 16)
+    (few,) = packing.encode_batches([200] * 10, max_tokens=64 * 256, max_length=256)
+    assert (few.rows, few.length) == (16, 208)  # the next power of two, not the 64-row call
+    with pytest.raises(ValueError, match="exceeds max_length 256"):
+        packing.encode_batches([300], max_tokens=1024, max_length=256)
+
+
+def test_encode_rows_put_each_text_in_its_segment():
+    token_ids = [[101, 7, 102], [101, 8, 9, 102], [101, 102], [101] + [5] * 30 + [102]]
+    batches = packing.encode_batches(
+        [len(t) for t in token_ids], max_tokens=64, max_length=32, pack_length=16, max_segments=3
+    )
+    for b in batches:
+        ids_RxL, seg_RxL = packing.encode_rows(b, token_ids, pad_id=0)
+        assert ids_RxL.shape == seg_RxL.shape == (b.rows, b.length)
+        for i, r, s in zip(b.index, b.row, b.slot, strict=True):
+            np.testing.assert_array_equal(ids_RxL[r][seg_RxL[r] == s + 1], token_ids[i])
+        assert (ids_RxL[seg_RxL == 0] == 0).all()
