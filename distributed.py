@@ -1,4 +1,4 @@
-"""Multi-process plumbing: joining JAX's distributed runtime, a step watchdog, replication.
+"""Devices and processes: host CPU devices, JAX's distributed runtime, a step watchdog, replication.
 
 The run itself (main.py) is the same in one process and in many: it calls `initialize` before
 any JAX computation, puts host values on the mesh with `replicate`, and wraps its loop in a
@@ -18,6 +18,25 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
+
+HOST_DEVICES = 2  # CPU devices a CLI splits the host into (use_host_devices), at most one a core
+
+
+def use_host_devices(count: int = HOST_DEVICES) -> None:
+    """Splits the CPU platform into `count` devices (at most one per core), for a CLI.
+
+    Call it before JAX starts its backends (before the first computation). XLA:CPU runs the
+    attention's batched products of one device on a single core; with a device per core, work
+    split over the devices (the trainer's mesh, evaluate.encode's rows) keeps every core busy
+    (docs/benchmarks.md). A choice already made wins: XLA_FLAGS'
+    --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES. Only the CPU platform reads
+    the setting, so a GPU or TPU run's jax.devices() is unchanged.
+    """
+    if jax.config.jax_num_cpu_devices >= 0:
+        return
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    jax.config.update("jax_num_cpu_devices", max(1, min(count, os.cpu_count() or 1)))
 
 
 def initialize(
