@@ -33,6 +33,7 @@ from absl import app, flags, logging
 
 import bias
 import convert
+import distributed
 import evaluate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -409,6 +410,7 @@ def _run(command: str, args: list[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
+    distributed.use_host_devices()  # before any JAX computation: encoding uses every core
     if not flags.FLAGS["verbosity"].present:  # JAX's INFO lines (backend probe) on request
         logging.set_verbosity(logging.WARNING)
     if len(argv) < 2:

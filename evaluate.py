@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import convert
+import distributed
 import model as model_lib
 import packing
 
@@ -395,6 +396,7 @@ def evaluate_retrieval(
 
 
 def main(argv: Sequence[str]) -> None:
+    distributed.use_host_devices()  # before any JAX computation: encoding uses every core
     if not flags.FLAGS["verbosity"].present:  # JAX's INFO lines (backend probe) on request
         logging.set_verbosity(logging.WARNING)
     del argv

@@ -475,6 +475,7 @@ def main(argv: Sequence[str], on_event: OnEvent | None = None) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
+    distributed.use_host_devices()  # before any JAX computation: the step uses every core
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed)
     config = f.config
     print(config, flush=True)
