@@ -4,12 +4,14 @@
     python -m benchmarks.throughput --compare --st_python=/path/to/venv-with-torch/bin/python
 
 Ours: steady-state training pairs/s of main.py's train step on the bundled mixture, from the
-reference all-MiniLM-L6-v2 checkpoint, max length 128; every step shape is compiled before the
-clock starts. Padding efficiency = real tokens / computed token slots. `--compare` then runs
-sentence-transformers' own trainer (SentenceTransformerTrainer + MultipleNegativesRankingLoss,
-proportional multi-dataset sampler, same model, batch, max length and data) in a subprocess of
-`--st_python` (a virtualenv from requirements-bench.txt: torch is never a dependency of ours),
-and prints the ratio. One JSON line per system, then one with the ratio.
+reference all-MiniLM-L6-v2 checkpoint, max length 128, on the devices main.py gets (a CPU host:
+one per core, at most two); every step shape is compiled before the clock starts. Padding
+efficiency = real tokens / computed token slots. `--compare` then runs sentence-transformers'
+own trainer (SentenceTransformerTrainer + MultipleNegativesRankingLoss, proportional
+multi-dataset sampler, same model, batch, max length and data) in a subprocess of `--st_python`
+(a virtualenv from requirements-bench.txt: torch is never a dependency of ours), and prints the
+ratio. One JSON line per system, then one with the ratio. The four workloads side by side:
+benchmarks.workloads.
 """
 
 from __future__ import annotations
@@ -239,6 +241,9 @@ def main(argv):
         result = bench_sentence_transformers(f.batch_size, f.steps, f.warmup, f.dtype == "bfloat16")
         print("RESULT " + json.dumps(result), flush=True)
         return
+    import distributed
+
+    distributed.use_host_devices()  # as main.py: one CPU device per core, at most two
     ours = bench_ours(f.batch_size, f.steps, f.warmup, f.packing, f.dtype)
     print(json.dumps(ours), flush=True)
     if not f.compare:
