@@ -50,7 +50,9 @@ flags.DEFINE_integer("k", None, "cluster: number of clusters")
 flags.DEFINE_integer("seed", 0, "cluster: k-means++ seed")
 flags.DEFINE_integer("show", 3, "cluster: texts shown per cluster, nearest to the centroid first")
 flags.DEFINE_string("templates", os.path.join(HERE, "sample_data", "bias"), "bias: template folder")
-flags.DEFINE_integer("batch_size", 64, "texts per encoding batch")
+flags.DEFINE_integer(
+    "batch_size", 64, "encoding: a call holds the tokens of this many max-length texts"
+)
 
 
 class AppError(ValueError):

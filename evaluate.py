@@ -421,5 +421,7 @@ if __name__ == "__main__":
     flags.DEFINE_multi_string("sts", [], "STS gzip TSV (sentence1, sentence2, score)")
     flags.DEFINE_multi_string("retrieval", [], "BEIR folder (corpus, queries, qrels/SPLIT.tsv)")
     flags.DEFINE_string("split", "test", "qrels split of the --retrieval folders")
-    flags.DEFINE_integer("batch_size", 64, "texts per encoding batch")
+    flags.DEFINE_integer(
+        "batch_size", 64, "encoding: a call holds the tokens of this many max-length texts"
+    )
     app.run(main)

@@ -88,7 +88,7 @@ def base() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.sts_files = (os.path.join(SAMPLE, "stsb", "dev.tsv.gz"),)  # STS TSVs (gzip if .gz)
     c.eval.retrieval_dirs = ()  # BEIR-layout folders (test split), scored like STS
-    c.eval.batch_size = 64  # texts per encoding batch
+    c.eval.batch_size = 64  # encoding budget per call: this many max-length texts of tokens
     return c
 
 
