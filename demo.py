@@ -27,6 +27,7 @@ import apps
 import bias
 import convert
 import demo_tabs as tabs
+import distributed
 import evaluate
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
@@ -224,6 +225,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
+    distributed.use_host_devices()  # before any JAX computation: encoding uses every core
     if not f["verbosity"].present:  # JAX's INFO lines on request, as in the other CLIs
         logging.set_verbosity(logging.WARNING)
     if not f.models:
