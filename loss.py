@@ -5,15 +5,17 @@ positive among all positives of the batch and all hard negatives, with scaled co
 similarity and softmax cross-entropy. Bigger batches mean more negatives, so the candidates are
 gathered across devices (`mnrl_loss(..., axis_name="data")` inside `jax.shard_map`), and a batch
 that does not fit in memory is embedded in chunks whose activations are recomputed on the
-backward pass (`cached_value_and_grad`, GradCache by Gao et al. 2021).
+backward pass (`cached_value_and_grad`, GradCache by Gao et al. 2021). `matryoshka_loss` wraps
+the ranking loss so that every prefix of the embedding is trained as an embedding of its own
+(Matryoshka representation learning, Kusupati et al. 2022).
 
 Shapes: B examples (local to one device inside shard_map), D embedding width, K hard negatives
 per example, G devices on the `data` axis, N candidates (G*B positives then G*B*K negatives),
-C chunks of the batch.
+C chunks of the batch, M Matryoshka prefix widths.
 """
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import haiku as hk
@@ -160,6 +162,69 @@ def mnrl_loss(
         loss = jax.lax.pmean(loss, axis_name)
         accuracy = jax.lax.pmean(accuracy, axis_name)
     return loss, {"accuracy": accuracy}
+
+
+def matryoshka_loss(
+    ranking_loss: Callable[..., tuple[jax.Array, dict]],
+    dims: Sequence[int],
+    weights: Sequence[float] = (),
+) -> Callable[..., tuple[jax.Array, dict]]:
+    """`ranking_loss` on the first d dimensions of the embeddings for each d in `dims`, weighted.
+
+    sentence-transformers' `MatryoshkaLoss(model, MultipleNegativesRankingLoss, dims, weights)`
+    (Kusupati et al. 2022): loss = sum_m weights[m] * ranking_loss(embeddings[..., :dims[m]]). The
+    prefixes are slices of the same embeddings, so the encoder runs once per step; under GradCache
+    the prefixes' gradients add up in the embedding gradient before the replay. The ranking loss
+    prepares each prefix itself: with cosine similarity it is re-normalised (as MatryoshkaLoss's
+    `shrink`), with "dot" it is scored as is (sentence-transformers normalises it regardless).
+
+    The returned function takes the ranking loss's arguments: anchors, positives and hard
+    negatives are truncated, everything else (the negatives mask, `axis_name`, `gather`, scale,
+    ...) reaches every prefix unchanged. An extra mask from guided in-batch negatives (GISTEmbed)
+    plugs in the same way: computed once from the guide model's full similarities, passed as a
+    keyword, applied to every prefix. Its metrics are the widest prefix's, plus
+    `matryoshka_loss_<d>` per prefix. Empty `dims` returns `ranking_loss` itself (bit-identical).
+
+    Args:
+      ranking_loss: (anchor_BxD, positive_BxD, negative_BxKxD=None, negative_mask_BxK=None,
+        **kwargs) -> (loss, metrics), e.g. `mnrl_loss`.
+      dims: prefix widths, distinct and positive (order free; the widest is checked against D
+        when called), or () for no Matryoshka.
+      weights: one per entry of `dims` (in the same order), or () for all 1.
+    """
+    if not dims:
+        return ranking_loss
+    dims, weights = tuple(int(d) for d in dims), tuple(float(w) for w in weights or ())
+    if any(d <= 0 for d in dims) or len(set(dims)) != len(dims):
+        raise ValueError(f"matryoshka dims {dims} must be distinct positive widths")
+    if not weights:
+        weights = (1.0,) * len(dims)
+    if len(weights) != len(dims):
+        raise ValueError(f"matryoshka weights {weights} must be one per dim {dims}")
+    # Widest first, as MatryoshkaLoss sorts them: its metrics (accuracy) are the model's own.
+    dims_M, weights_M = zip(*sorted(zip(dims, weights, strict=True), reverse=True), strict=True)
+
+    def loss_fn(anchor_BxD, positive_BxD, negative_BxKxD=None, negative_mask_BxK=None, **kwargs):
+        width = anchor_BxD.shape[-1]
+        if dims_M[0] > width:
+            raise ValueError(f"matryoshka dim {dims_M[0]} exceeds the embedding width {width}")
+        total, metrics = None, {}
+        for dim, weight in zip(dims_M, weights_M, strict=True):
+            value, aux = ranking_loss(
+                anchor_BxD[..., :dim],
+                positive_BxD[..., :dim],
+                None if negative_BxKxD is None else negative_BxKxD[..., :dim],
+                negative_mask_BxK,
+                **kwargs,
+            )
+            term = weight * value
+            total = term if total is None else total + term
+            if not metrics:
+                metrics = dict(aux)
+            metrics[f"matryoshka_loss_{dim}"] = value
+        return total, metrics
+
+    return loss_fn
 
 
 def _split_chunks(tree: Any, chunk_size: int) -> tuple[Any, int]:

@@ -113,6 +113,11 @@ def build_model(config: ml_collections.ConfigDict) -> convert.LoadedModel:
             tokenizer_files=files,
             extra_tensors={},
         )
+    width, dims = m.config.hidden_size, tuple(config.loss.matryoshka_dims)
+    if any(d > width for d in dims):  # the width is known only now (init_from gives it)
+        raise runconfig.ConfigError(
+            f"config field loss.matryoshka_dims: {dims} exceed the model's embedding width {width}"
+        )
     m.pooling, m.normalize = config.model.pooling, config.model.normalize
     m.max_seq_length = min(m.max_seq_length, config.data.max_seq_len)
     m.tokenizer.enable_truncation(max_length=m.max_seq_length, strategy="longest_first")
@@ -158,10 +163,15 @@ def make_train_step(
             True,
         )  # emb_RxSxD: one vector per segment of each local row
 
+    # Every prefix is ranked from the same embeddings; () = mnrl_loss itself.
+    ranking_loss = loss_lib.matryoshka_loss(
+        loss_lib.mnrl_loss, lc.matryoshka_dims, lc.matryoshka_weights
+    )
+
     def loss_fn(batch, emb_RxSxD):
         emb_BxCxD = emb_RxSxD[batch["row_BxC"], batch["slot_BxC"]]
         negatives = emb_BxCxD[:, 2:] if emb_BxCxD.shape[1] > 2 else None
-        return loss_lib.mnrl_loss(
+        return ranking_loss(
             emb_BxCxD[:, 0],
             emb_BxCxD[:, 1],
             negatives,
@@ -392,6 +402,8 @@ def train(
             "loss": float(rec["loss"]),
             "accuracy": float(rec["accuracy"]),
             "grad_norm": float(rec["grad_norm"]),
+            # the loss at each Matryoshka prefix width (loss.matryoshka_dims), when set
+            **{k: float(v) for k, v in rec.items() if k.startswith("matryoshka_loss_")},
             "lr": float(schedule(int(rec["step"]) - 1)),
             "pairs_per_s": window["pairs"] / max(elapsed, 1e-9),
             "tokens_per_s": window["tokens"] / max(elapsed, 1e-9),

@@ -125,6 +125,21 @@ def _cache_chunk(v, c, n):
     return None
 
 
+def _matryoshka_dims(v, c, n):
+    if any(d <= 0 for d in v) or len(set(v)) != len(v):
+        return f"{tuple(v)} must be distinct positive ints (or () = off)"
+    return None  # their bound, the model's width, is checked once the model is built
+
+
+def _matryoshka_weights(v, c, n):
+    dims = tuple(c.loss.matryoshka_dims)
+    if v and len(v) != len(dims):
+        return f"{tuple(v)} must give one weight per dim of {dims} (or () = all 1.0)"
+    if any(not (w >= 0 and math.isfinite(w)) for w in v):
+        return f"{tuple(v)} must be numbers >= 0"
+    return None
+
+
 def _sts_files(v, c, n):
     for path in v:  # read now: a bad score should stop the run before training, not after it
         if not os.path.exists(path):
@@ -188,12 +203,21 @@ FIELDS: dict[str, Field] = {
     "loss.symmetric": Field(CONTINUES),
     "loss.gather": Field(CONTINUES),
     "loss.cache_chunk_size": Field(CONTINUES, _cache_chunk),
+    # the loss, not the parameters: a resume may change them, as it may loss.scale
+    "loss.matryoshka_dims": Field(CONTINUES, _matryoshka_dims),
+    "loss.matryoshka_weights": Field(CONTINUES, _matryoshka_weights),
     "eval.sts_files": Field(CONTINUES, _sts_files),
     "eval.retrieval_dirs": Field(CONTINUES, _retrieval_dirs),
     "eval.batch_size": Field(CONTINUES, _positive),
 }
 # Element types of the tuple fields whose default in base.py is empty.
-TUPLE_ITEMS = {"data.bucket_lengths": int, "eval.sts_files": str, "eval.retrieval_dirs": str}
+TUPLE_ITEMS = {
+    "data.bucket_lengths": int,
+    "eval.sts_files": str,
+    "eval.retrieval_dirs": str,
+    "loss.matryoshka_dims": int,
+    "loss.matryoshka_weights": float,
+}
 
 
 def leaves(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:

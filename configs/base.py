@@ -84,6 +84,10 @@ def base() -> ml_collections.ConfigDict:
     c.loss.symmetric = True  # add positive -> anchor cross-entropy (seed: "as in CLIP")
     c.loss.gather = True  # negatives from all devices; False = each device's own batch only
     c.loss.cache_chunk_size = 0  # GradCache chunk (rows per device); 0 = off
+    # Matryoshka (MatryoshkaLoss): the loss is also taken on these prefix widths of the embedding,
+    # e.g. (384, 192, 96, 48), so truncated embeddings work too (configs/matryoshka.py).
+    c.loss.matryoshka_dims = ()  # prefix widths, each <= D; () = off
+    c.loss.matryoshka_weights = ()  # one weight per matryoshka_dims entry; () = all 1.0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.sts_files = (os.path.join(SAMPLE, "stsb", "dev.tsv.gz"),)  # STS TSVs (gzip if .gz)

@@ -1,4 +1,5 @@
-"""Tests for loss.py: NumPy reference, sharded == single-device, negative alignment, GradCache.
+"""Tests for loss.py: NumPy reference, sharded == single-device, negative alignment, GradCache,
+Matryoshka.
 
 Sharded tests run on the 8 fake CPU devices from conftest.py, on a 1-D mesh named `data`.
 """
@@ -276,6 +277,121 @@ class MnrlLossTest(parameterized.TestCase):
             loss.mnrl_loss(anchor, positive, similarity="euclidean")
 
 
+# Matryoshka: prefixes of DIM = 8, unequal weights so a weight applied to the wrong prefix shows.
+MATRYOSHKA_DIMS = (2, 8, 4)  # unsorted on purpose: matryoshka_loss sorts them
+MATRYOSHKA_WEIGHTS = (2.0, 1.0, 0.5)
+
+
+def reference_matryoshka(anchor, positive, negative, mask, similarity, symmetric):
+    """Float64 NumPy: the weighted sum of reference_loss on each prefix; accuracy at full width."""
+    total = 0.0
+    for dim, weight in zip(MATRYOSHKA_DIMS, MATRYOSHKA_WEIGHTS, strict=True):
+        prefix = [None if x is None else x[..., :dim] for x in (anchor, positive, negative)]
+        total += weight * reference_loss(*prefix, mask, 20.0, similarity, symmetric)[0]
+    return total, reference_loss(anchor, positive, negative, mask, 20.0, similarity, symmetric)[1]
+
+
+def numeric_gradients(fn, arrays, eps=1e-5):
+    """Central differences of the float64 function `fn(*arrays)` in every entry of every array."""
+    arrays = [np.array(x, np.float64) for x in arrays]
+    grads = []
+    for x in arrays:
+        g = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            keep = x[idx]
+            x[idx] = keep + eps
+            up = fn(*arrays)
+            x[idx] = keep - eps
+            down = fn(*arrays)
+            x[idx] = keep
+            g[idx] = (up - down) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+def _matryoshka_loss_and_grads(a, p, n, m, **kwargs):
+    """Like _loss_and_grads, with matryoshka_loss over MATRYOSHKA_DIMS around mnrl_loss."""
+    fn = loss.matryoshka_loss(loss.mnrl_loss, MATRYOSHKA_DIMS, MATRYOSHKA_WEIGHTS)
+    results = {}
+    for similarity, symmetric in OPTIONS:
+
+        def objective(a, p, n, similarity=similarity, symmetric=symmetric):
+            return fn(a, p, n, m, similarity=similarity, symmetric=symmetric, **kwargs)
+
+        (value, metrics), grads = jax.value_and_grad(objective, (0, 1, 2), has_aux=True)(a, p, n)
+        results[f"{similarity}/symmetric={symmetric}"] = (value, metrics, grads)
+    return results
+
+
+class MatryoshkaLossTest(parameterized.TestCase):
+    @parameterized.parameters("pairs", "k3_masked")
+    def test_matches_numpy_reference_loss_and_gradients(self, layout):
+        anchor, positive, negative, mask = _random_batch(7, 4, *LAYOUTS[layout])
+        if negative is None:  # pairs: no negatives to differentiate
+            negative = np.zeros((4, 0, DIM), np.float32)
+        got = jit(_matryoshka_loss_and_grads)(anchor, positive, negative, mask)
+        for similarity, symmetric in OPTIONS:
+            value, metrics, grads = got[f"{similarity}/symmetric={symmetric}"]
+            msg = f"{layout} {similarity} symmetric={symmetric}"
+
+            def ref(a, p, n, similarity=similarity, symmetric=symmetric):
+                return reference_matryoshka(a, p, n, mask, similarity, symmetric)[0]
+
+            want_loss, want_accuracy = reference_matryoshka(
+                anchor, positive, negative, mask, similarity, symmetric
+            )
+            np.testing.assert_allclose(value, want_loss, rtol=1e-5, err_msg=msg)
+            np.testing.assert_allclose(metrics["accuracy"], want_accuracy, rtol=1e-6)
+            for dim in MATRYOSHKA_DIMS:
+                prefix = [x[..., :dim] for x in (anchor, positive, negative)]
+                want = reference_loss(*prefix, mask, 20.0, similarity, symmetric)[0]
+                np.testing.assert_allclose(metrics[f"matryoshka_loss_{dim}"], want, rtol=1e-5)
+            want_grads = numeric_gradients(ref, (anchor, positive, negative))
+            assert_relative_close(tuple(grads), tuple(want_grads), tol=1e-5)
+
+    @parameterized.parameters("pairs", "k3_masked")
+    def test_sharded_matches_single_device(self, layout):
+        batch = _random_batch(8, DEVICES * LOCAL_BATCH, *LAYOUTS[layout])
+        want = jit(_matryoshka_loss_and_grads)(*batch)
+        keys = ("accuracy", *(f"matryoshka_loss_{d}" for d in MATRYOSHKA_DIMS))
+        fn = jax.shard_map(
+            functools.partial(_matryoshka_loss_and_grads, axis_name="data"),
+            mesh=_mesh(),
+            in_specs=P("data"),
+            out_specs={k: (P(), {m: P() for m in keys}, P("data")) for k in OPTION_KEYS},
+        )
+        got = jit(fn)(*_shard(_mesh(), batch))
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+    def test_no_dims_is_the_ranking_loss_bit_for_bit(self):
+        self.assertIs(loss.matryoshka_loss(loss.mnrl_loss, ()), loss.mnrl_loss)
+        batch = _random_batch(9, 6, 3, True)
+
+        @jit
+        def both(a, p, n, m):
+            full = loss.matryoshka_loss(loss.mnrl_loss, (DIM,))  # one prefix: the whole width
+            return [
+                jax.value_and_grad(
+                    lambda *x, fn=fn: fn(*x, m, symmetric=True), (0, 1, 2), has_aux=True
+                )(a, p, n)
+                for fn in (loss.mnrl_loss, full)
+            ]
+
+        (plain, plain_grads), (full, full_grads) = both(*batch)
+        np.testing.assert_array_equal(full[0], plain[0])
+        np.testing.assert_array_equal(full[1]["accuracy"], plain[1]["accuracy"])
+        chex.assert_trees_all_equal(full_grads, plain_grads)
+
+    def test_bad_dims_and_weights_raise(self):
+        with self.assertRaisesRegex(ValueError, "distinct positive"):
+            loss.matryoshka_loss(loss.mnrl_loss, (4, 4))
+        with self.assertRaisesRegex(ValueError, "one per dim"):
+            loss.matryoshka_loss(loss.mnrl_loss, (8, 4), (1.0,))
+        anchor, positive, _, _ = _random_batch(10, 4, None, False)
+        with self.assertRaisesRegex(ValueError, "exceeds the embedding width 8"):
+            loss.matryoshka_loss(loss.mnrl_loss, (16, 8))(anchor, positive)
+
+
 # A tiny encoder for GradCache: embedding, dense layer, dropout, masked mean pooling.
 VOCAB, LENGTH, WIDTH = 32, 5, 8
 
@@ -415,6 +531,40 @@ class GradCacheTest(parameterized.TestCase):
         for config, result in zip(configs, got, strict=True):
             with self.subTest(config=config):
                 assert_relative_close(result, want)
+
+    def test_cached_matryoshka_matches_plain_and_single_device(self):
+        """Matryoshka from the cached embeddings: one embedding gradient for all prefixes."""
+        mesh = _mesh()
+        embed_fn, params, inputs = self._setup(0.0, batch=DEVICES * LOCAL_BATCH * 2)
+        rng = jax.random.key(4)
+        fn = loss.matryoshka_loss(loss.mnrl_loss, MATRYOSHKA_DIMS, MATRYOSHKA_WEIGHTS)
+
+        def matryoshka_on(embeddings, axis_name=None):
+            e = embeddings
+            return fn(e["anchor"], e["positive"], e["negative"], symmetric=True, axis_name=axis_name)
+
+        want = jit(
+            jax.value_and_grad(lambda q: matryoshka_on(embed_fn(q, inputs, rng)), has_aux=True)
+        )(params)
+        single_cached = jit(
+            lambda p: loss.cached_value_and_grad(embed_fn, matryoshka_on, p, inputs, rng, 4)
+        )(params)
+        assert_relative_close(single_cached, want)
+
+        def local(p, x):
+            return loss.embedding_value_and_grad(
+                embed_fn,
+                functools.partial(matryoshka_on, axis_name="data"),
+                p,
+                x,
+                rng,
+                cache_chunk_size=2,
+                axis_name="data",
+            )
+
+        sharded = jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
+        got = sharded(jax.device_put(params, NamedSharding(mesh, P())), _shard(mesh, inputs))
+        assert_relative_close(got, want)
 
     def test_chunk_size_must_divide_batch(self):
         inputs = _token_batch(0, 16)

@@ -64,6 +64,9 @@ def test_a_wrong_type_is_refused_for_every_field(name):
         ("eval.sts_files", ("a.tsv", 3), "a tuple of str"),
         ("lr", True, "a float"),  # a bool is not a number here
         ("init_from", None, "a string"),
+        ("loss.matryoshka_dims", (32, 16.0), "a tuple of int"),
+        ("loss.matryoshka_dims", (32, True), "a tuple of int"),
+        ("loss.matryoshka_weights", (1.0, "1"), "a tuple of float"),
     ],
 )
 def test_type_errors_say_what_the_field_takes(name, value, wants):
@@ -106,11 +109,31 @@ def test_an_int_is_a_float_and_a_list_a_tuple():
         ("eval.retrieval_dirs", (ROOT,), "has no corpus.jsonl.gz"),
         ("model.tokenizer", ROOT, "no tokenizer.json"),
         ("keep_checkpoints", 0, "must be > 0"),
+        ("loss.matryoshka_dims", (32, 32), r"\(32, 32\) must be distinct positive ints"),
+        ("loss.matryoshka_dims", (32, 0), "must be distinct positive ints"),
     ],
 )
 def test_validation_names_the_field(field, value, message):
     with pytest.raises(runconfig.ConfigError, match=f"config field {field}: .*{message}"):
         runconfig.validate(smoke(**{field: value}), 8)
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ((1.0,), r"\(1.0,\) must give one weight per dim of \(32, 16\)"),
+        ((1.0, -1.0), r"\(1.0, -1.0\) must be numbers >= 0"),
+        ((1.0, float("inf")), r"\(1.0, inf\) must be numbers >= 0"),
+    ],
+)
+def test_matryoshka_weights_match_the_dims(weights, message):
+    fields = {"loss.matryoshka_dims": (32, 16), "loss.matryoshka_weights": weights}
+    with pytest.raises(
+        runconfig.ConfigError, match=f"config field loss.matryoshka_weights: {message}"
+    ):
+        runconfig.validate(smoke(**fields), 8)
+    runconfig.validate(smoke(**{**fields, "loss.matryoshka_weights": (1, 0.5)}), 8)
+    runconfig.validate(smoke(**{**fields, "loss.matryoshka_weights": ()}), 8)  # all 1.0
 
 
 def test_random_init_fields_are_checked_only_for_random_init():
@@ -167,6 +190,18 @@ def test_changes_that_only_change_how_training_goes_on_are_returned(tmp_path):
         "log_every": (1, 5),
         "model.dropout_rate": (0.1, 0.0),
         "total_steps": (12, 20),
+    }
+
+
+def test_a_resume_may_change_the_matryoshka_loss(tmp_path):
+    """The dims and weights are the loss, like loss.scale: the checkpoint's parameters and
+    optimizer state do not depend on them."""
+    workdir = _workdir(tmp_path, base.get_config("smoke"))
+    new = base.get_config("smoke")
+    new.loss.matryoshka_dims, new.loss.matryoshka_weights = (32, 16), (1.0, 0.5)
+    assert runconfig.check_resume(new, workdir) == {
+        "loss.matryoshka_dims": ([], [32, 16]),
+        "loss.matryoshka_weights": ([], [1.0, 0.5]),
     }
 
 
