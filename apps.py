@@ -13,7 +13,12 @@ workdir). Text files hold one text per line. `similarity` ranks by cosine simila
 `search` by dot product (asymmetric search: a short question against longer answers). A search
 index is a folder: embeddings.npy (float32, one row per document), docs.jsonl ({"id", "text"} per
 line) and model.json (the model's fingerprint: queries and later additions by another model are
-refused). Shape letters: N texts or documents, Q queries, K clusters or hits, D embedding size.
+refused). Prompts follow sentence-transformers: queries (qa's --query, search queries) get the
+model's "query" prompt, qa's answers and indexed documents its "document" prompt, the other
+commands its default prompt; --query_prompt, --document_prompt, --prompt override them.
+--truncate_dim=N keeps the first N dims (re-normalised where cosine is used); an index records
+its width and prompt, and queries use that width. Shape letters: N texts or documents, Q
+queries, K clusters or hits, D embedding size.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ flags.DEFINE_string("templates", os.path.join(HERE, "sample_data", "bias"), "bia
 flags.DEFINE_integer(
     "batch_size", 64, "encoding: a call holds the tokens of this many max-length texts"
 )
+flags.DEFINE_string("query_prompt", None, "qa, search query: queries' prefix; default: the model's")
+flags.DEFINE_string("document_prompt", None, "qa answers, search index docs; default: the model's")
+flags.DEFINE_string("prompt", None, "embed, similarity, cluster, bias; default: the model's")
+flags.DEFINE_integer("truncate_dim", None, "use the first N dims (Matryoshka); default: all")
 
 
 class AppError(ValueError):
@@ -83,10 +92,12 @@ def read_lines(path: str, skip_blank: bool = True) -> list[tuple[int, str]]:
     return out
 
 
-def embed_file(m: convert.LoadedModel, src: str, dst: str, batch_size: int = 64) -> np.ndarray:
+def embed_file(
+    m: convert.LoadedModel, src: str, dst: str, batch_size: int = 64, prompt: str | None = None
+) -> np.ndarray:
     """Embed every line of `src` (blank ones too: row i is line i + 1) into float32 `dst`."""
     texts = [t for _, t in read_lines(src, skip_blank=False)]
-    emb_NxD = evaluate.encode(m, texts, batch_size=batch_size, label=src)
+    emb_NxD = evaluate.encode(m, texts, batch_size=batch_size, label=src, prompt=prompt)
     tmp = dst + ".tmp"
     with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a bare name
         np.save(f, emb_NxD)
@@ -95,10 +106,26 @@ def embed_file(m: convert.LoadedModel, src: str, dst: str, batch_size: int = 64)
 
 
 def rank(
-    m: convert.LoadedModel, anchor: str, others: Sequence[str], cosine: bool
+    m: convert.LoadedModel,
+    anchor: str,
+    others: Sequence[str],
+    cosine: bool,
+    prompts: tuple[str | None, str | None] = (None, None),
 ) -> list[tuple[int, float]]:
-    """(index into others, score), best first (ties in input order): cosine or dot product."""
-    emb = evaluate.encode(m, [anchor, *others], progress=False).astype(np.float64)
+    """(index into others, score), best first (ties in input order): cosine or dot product.
+
+    `prompts` = (the anchor's, the others'); None is the model's default prompt.
+    """
+    if prompts[0] == prompts[1]:
+        emb = evaluate.encode(m, [anchor, *others], progress=False, prompt=prompts[0])
+    else:  # a query and its documents (qa)
+        emb = np.concatenate(
+            [
+                evaluate.encode(m, [anchor], progress=False, prompt=prompts[0]),
+                evaluate.encode(m, others, progress=False, prompt=prompts[1]),
+            ]
+        )
+    emb = emb.astype(np.float64)
     if cosine:
         emb = evaluate.l2_normalize(emb)
     scores = emb[1:] @ emb[0]
@@ -192,10 +219,18 @@ def load_index(index_dir: str) -> tuple[dict, list[dict], np.ndarray]:
     return meta, docs, emb_NxD
 
 
-def index_corpus(m: convert.LoadedModel, src: str, index_dir: str, batch_size: int = 64) -> dict:
+def index_corpus(
+    m: convert.LoadedModel,
+    src: str,
+    index_dir: str,
+    batch_size: int = 64,
+    document_prompt: str | None = None,
+) -> dict:
     """Embed a corpus file into `index_dir`, appending when it is an index of the same model."""
     ids, texts = read_corpus(src)
-    return index_texts(m, ids, texts, index_dir, batch_size, label=src)
+    return index_texts(
+        m, ids, texts, index_dir, batch_size, label=src, document_prompt=document_prompt
+    )
 
 
 def index_texts(
@@ -205,20 +240,34 @@ def index_texts(
     index_dir: str,
     batch_size: int = 64,
     label: str = "index",
+    document_prompt: str | None = None,
 ) -> dict:
     """Embed (id, text) pairs into `index_dir`, appending when it is an index of the same model.
 
-    Ids already in the index are refused, naming `label` (the corpus file)."""
+    Ids already in the index are refused, naming `label` (the corpus file). Documents get
+    `document_prompt` (None: the model's "document" prompt) and keep the model's `truncate_dim`
+    dims; both are recorded, and an append must use the same.
+    """
     fingerprint = model_fingerprint(m)
-    docs, old_NxD = [], np.zeros((0, m.config.hidden_size), np.float32)
+    prompt = m.document_prompt if document_prompt is None else document_prompt
+    dim = m.truncate_dim or m.config.hidden_size
+    docs, old_NxD = [], np.zeros((0, dim), np.float32)
     if os.path.exists(os.path.join(index_dir, INDEX_META)):
         meta, docs, old_NxD = load_index(index_dir)
         _check_model(meta, fingerprint, index_dir, m.path)
+        if (meta["dim"], meta.get("document_prompt", "")) != (dim, prompt):
+            raise AppError(
+                f"{index_dir}: the index holds {meta['dim']}-dim embeddings of documents with "
+                f"prompt {meta.get('document_prompt', '')!r}, not {dim} dims with {prompt!r}: "
+                "use the same --truncate_dim and --document_prompt, or a new index folder"
+            )
     known = {d["id"] for d in docs}
     dup = next((i for i in ids if i in known), None)
     if dup is not None:
         raise AppError(f"{label}: id {dup!r} is already in {index_dir}; index it in a new folder")
-    new_NxD = evaluate.encode(m, texts, batch_size=batch_size, label=label)
+    new_NxD = evaluate.encode(
+        m, texts, batch_size=batch_size, label=label, prompt=prompt, truncate_dim=dim
+    )
     emb_NxD = np.concatenate([np.asarray(old_NxD), new_NxD])
     docs = docs + [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]
     meta = {
@@ -226,6 +275,7 @@ def index_texts(
         "fingerprint": fingerprint,
         "dim": emb_NxD.shape[1],
         "count": len(docs),
+        "document_prompt": prompt,
     }
     os.makedirs(index_dir, exist_ok=True)
     # Each file is written to a temporary name, then renamed; model.json, last, holds the count
@@ -243,13 +293,25 @@ def index_texts(
 
 
 def query_index(
-    m: convert.LoadedModel, index_dir: str, queries: Sequence[str], top_k: int = 10
+    m: convert.LoadedModel,
+    index_dir: str,
+    queries: Sequence[str],
+    top_k: int = 10,
+    query_prompt: str | None = None,
 ) -> list[list[dict]]:
     """Per query, the top_k documents by dot product: [{"id", "score", "text", "row"}], best
-    first; refused when the index was built by another model."""
+    first; refused when the index was built by another model.
+
+    Queries get `query_prompt` (None: the model's "query" prompt) and the index's width.
+    """
     meta, docs, emb_NxD = load_index(index_dir)
     _check_model(meta, model_fingerprint(m), index_dir, m.path)
-    return top_hits(m, docs, emb_NxD, queries, top_k)
+    if m.truncate_dim not in (None, meta["dim"]):
+        raise AppError(
+            f"{index_dir}: the index holds {meta['dim']}-dim embeddings, not "
+            f"--truncate_dim={m.truncate_dim}"
+        )
+    return top_hits(m, docs, emb_NxD, queries, top_k, query_prompt=query_prompt)
 
 
 def top_hits(
@@ -258,10 +320,15 @@ def top_hits(
     emb_NxD: np.ndarray,
     queries: Sequence[str],
     top_k: int = 10,
+    query_prompt: str | None = None,
 ) -> list[list[dict]]:
     """query_index over an index already loaded (load_index), whose model the caller checked;
-    "row" is the document's row in the index."""
-    q_QxD = evaluate.encode(m, queries, progress=False)
+    "row" is the document's row in the index. Queries get `query_prompt` (None: the model's
+    "query" prompt) and the index's width."""
+    prompt = m.query_prompt if query_prompt is None else query_prompt
+    q_QxD = evaluate.encode(
+        m, queries, progress=False, prompt=prompt, truncate_dim=emb_NxD.shape[1]
+    )
     idx_QxK, scores_QxK = evaluate.top_k(q_QxD, emb_NxD, top_k)
     return [
         [
@@ -295,13 +362,18 @@ def kmeans(x_NxD: np.ndarray, k: int, seed: int = 0, n_init: int = 10, iters: in
 
 
 def cluster_texts(
-    m: convert.LoadedModel, texts: Sequence[str], k: int, seed: int = 0, batch_size: int = 64
+    m: convert.LoadedModel,
+    texts: Sequence[str],
+    k: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    prompt: str | None = None,
 ) -> list[list[int]]:
     """k-means on L2-normalised embeddings -> clusters as text indices, nearest to the centroid
     first; the largest cluster first (ties: the one holding the earliest text)."""
     if not 1 <= k <= len(texts):  # before encoding anything
         raise AppError(f"--k={k}: need 1 <= k <= number of texts ({len(texts)})")
-    emb = evaluate.encode(m, texts, batch_size=batch_size, label="cluster")
+    emb = evaluate.encode(m, texts, batch_size=batch_size, label="cluster", prompt=prompt)
     return cluster_embeddings(emb, k, seed)
 
 
@@ -315,6 +387,10 @@ def cluster_embeddings(emb_NxD: np.ndarray, k: int, seed: int = 0) -> list[list[
         dist = ((emb[members] - c_KxD[j]) ** 2).sum(1)
         clusters.append([int(i) for i in members[np.argsort(dist, kind="stable")]])
     return sorted(clusters, key=lambda c: (-len(c), min(c)))
+
+
+def _or(value: str | None, default: str) -> str:
+    return default if value is None else value
 
 
 def _print_ranking(ranking: list[tuple[int, float]], texts: Sequence[str], kind: str) -> None:
@@ -333,7 +409,7 @@ def _texts(args: Sequence[str], what: str) -> list[str]:
 
 def _cmd_embed(m: convert.LoadedModel, args: list[str]) -> None:
     f = flags.FLAGS
-    emb = embed_file(m, f.input, f.output, f.batch_size)
+    emb = embed_file(m, f.input, f.output, f.batch_size, f.prompt)
     print(json.dumps({"output": f.output, "n": emb.shape[0], "dim": emb.shape[1]}))
 
 
@@ -343,12 +419,19 @@ def _cmd_rank(m: convert.LoadedModel, args: list[str], qa: bool) -> None:
     if anchor is None or not texts:
         raise app.UsageError("give a source (qa: --query) and at least one text to rank")
     print(f"{'query' if qa else 'source'}: {anchor}")
-    _print_ranking(rank(m, anchor, texts, cosine=not qa), texts, "dot" if qa else "cosine")
+    f = flags.FLAGS
+    prompts = (
+        (_or(f.query_prompt, m.query_prompt), _or(f.document_prompt, m.document_prompt))
+        if qa
+        else (f.prompt, f.prompt)
+    )
+    ranking = rank(m, anchor, texts, cosine=not qa, prompts=prompts)
+    _print_ranking(ranking, texts, "dot" if qa else "cosine")
 
 
 def _cmd_index(m: convert.LoadedModel, args: list[str]) -> None:
     f = flags.FLAGS
-    print(json.dumps(index_corpus(m, f.input, f.index, f.batch_size)))
+    print(json.dumps(index_corpus(m, f.input, f.index, f.batch_size, f.document_prompt)))
 
 
 def _cmd_query(m: convert.LoadedModel, args: list[str]) -> None:
@@ -356,7 +439,8 @@ def _cmd_query(m: convert.LoadedModel, args: list[str]) -> None:
     queries = _texts(args, "queries") + ([f.query] if f.query else [])  # --query, like qa
     if not queries:
         raise app.UsageError('search query needs a query: --query="..." or positional texts')
-    for q, hits in zip(queries, query_index(m, f.index, queries, f.top_k), strict=True):
+    hits_per_query = query_index(m, f.index, queries, f.top_k, f.query_prompt)
+    for q, hits in zip(queries, hits_per_query, strict=True):
         print(f"query: {q}\nrank     score  id  text")
         for r, h in enumerate(hits, start=1):
             print(f"{r:>4}  {h['score']:8.4f}  {h['id']}  {h['text'][:120]}")
@@ -365,7 +449,8 @@ def _cmd_query(m: convert.LoadedModel, args: list[str]) -> None:
 def _cmd_cluster(m: convert.LoadedModel, args: list[str]) -> None:
     f = flags.FLAGS
     texts = [t for _, t in read_lines(f.input)]
-    for j, members in enumerate(cluster_texts(m, texts, f.k, f.seed, f.batch_size), 1):
+    clusters = cluster_texts(m, texts, f.k, f.seed, f.batch_size, f.prompt)
+    for j, members in enumerate(clusters, 1):
         print(f"cluster {j}: {len(members)} texts")
         for i in members[: f.show]:
             print(f"  {texts[i]}")
@@ -373,7 +458,7 @@ def _cmd_cluster(m: convert.LoadedModel, args: list[str]) -> None:
 
 def _cmd_bias(m: convert.LoadedModel, args: list[str]) -> None:
     f = flags.FLAGS
-    report = bias.bias_eval(m, f.templates, f.batch_size)
+    report = bias.bias_eval(m, f.templates, f.batch_size, f.prompt)
     os.makedirs(f.output, exist_ok=True)
     with open(os.path.join(f.output, "bias.json"), "w", encoding="utf-8") as out:
         json.dump(report, out, indent=2)
@@ -408,7 +493,12 @@ def _run(command: str, args: list[str]) -> None:
     model_path = f.model
     if model_path is None:  # search query: the index names its model
         model_path = read_index_meta(f.index)["model"]
-    fn(convert.load_model(model_path), args)
+    m = convert.load_model(model_path)
+    if f.truncate_dim is not None:  # as SentenceTransformer(path, truncate_dim=N)
+        if not 0 < f.truncate_dim <= m.config.hidden_size:
+            raise AppError(f"--truncate_dim={f.truncate_dim}: not in [1, {m.config.hidden_size}]")
+        m.truncate_dim = f.truncate_dim
+    fn(m, args)
 
 
 def main(argv: Sequence[str]) -> None:

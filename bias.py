@@ -67,9 +67,12 @@ def read_bias_templates(folder: str) -> tuple[list[dict], list[tuple[str, str]]]
     return occupations, templates
 
 
-def bias_eval(m: convert.LoadedModel, folder: str, batch_size: int = 64) -> dict:
+def bias_eval(
+    m: convert.LoadedModel, folder: str, batch_size: int = 64, prompt: str | None = None
+) -> dict:
     """Per occupation and template: does the gender-free anchor sit closer (cosine) to the male
-    or to the female proposition? Shares per occupation and overall."""
+    or to the female proposition? Shares per occupation and overall. Texts get `prompt` (None:
+    the model's default prompt) and the model's truncate_dim (re-normalised)."""
     occupations, templates = read_bias_templates(folder)
     triples = []  # (anchor, male proposition, female proposition)
     for o in occupations:
@@ -83,7 +86,8 @@ def bias_eval(m: convert.LoadedModel, folder: str, batch_size: int = 64) -> dict
                 )
             )
     unique = list(dict.fromkeys(t for triple in triples for t in triple))
-    emb = evaluate.encode(m, unique, batch_size=batch_size, label="bias").astype(np.float64)
+    emb = evaluate.encode(m, unique, batch_size=batch_size, label="bias", prompt=prompt)
+    emb = emb.astype(np.float64)
     emb = evaluate.l2_normalize(emb)
     row = {t: i for i, t in enumerate(unique)}
     a, male, female = (emb[[row[t[j]] for t in triples]] for j in range(3))

@@ -28,6 +28,7 @@ from absl import app, flags, logging
 
 import checkpoint
 import model as model_lib
+import model_card
 
 # Files of a tokenizer that export copies verbatim (whichever of them the source folder has).
 TOKENIZER_FILES = (
@@ -64,10 +65,31 @@ class LoadedModel:
     tokenizer_files: dict[str, bytes]  # copied verbatim on export
     extra_tensors: dict[str, np.ndarray]  # tensors we do not use (e.g. the pooler), kept on export
     path: str = ""  # where it was loaded from
+    # config_sentence_transformers.json: prompt name -> text prepended before tokenization
+    # ("query", "document", ...), the prompt `encode` uses by default, the default truncation.
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+    default_prompt_name: str | None = None
+    truncate_dim: int | None = None  # embeddings cut to their first N dims; None = all D
+    readme: bytes | None = None  # the source folder's README.md, re-exported when no card_info
+    card_info: dict[str, Any] | None = None  # training facts for the model card (model_card.py)
 
     @property
     def pad_id(self) -> int:
         return pad_id_of(self.tokenizer, self.config.pad_token_id)
+
+    # sentence-transformers' resolution: encode_query and encode_document take the "query" and
+    # "document" prompts ("" when absent), encode the one named by default_prompt_name.
+    @property
+    def query_prompt(self) -> str:
+        return self.prompts.get("query", "")
+
+    @property
+    def document_prompt(self) -> str:
+        return self.prompts.get("document", "")
+
+    @property
+    def default_prompt(self) -> str:
+        return self.prompts.get(self.default_prompt_name, "") if self.default_prompt_name else ""
 
     def embed_fn(self, num_segments: int = 1) -> hk.Transformed:
         return model_lib.make_embed_fn(self.config, self.pooling, self.normalize, num_segments)
@@ -280,6 +302,33 @@ def _pooling_mode(pool_cfg: Any, pool_path: str) -> str:
     return modes[0]
 
 
+def _read_st_config(path: str, hidden_size: int) -> tuple[dict[str, str], str | None, int | None]:
+    """(prompts, default_prompt_name, truncate_dim) of a config_sentence_transformers.json."""
+    cfg = _read_json(path) if os.path.exists(path) else {}
+    if not isinstance(cfg, dict):
+        raise ModelFolderError(f"{path}: expected a JSON object")
+    prompts = cfg.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | None) for k, v in prompts.items()
+    ):
+        raise ModelFolderError(f"{path}: field 'prompts' should map prompt names to strings")
+    prompts = {k: v or "" for k, v in prompts.items()}  # null: no prompt, as in ST
+    default = cfg.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise ModelFolderError(
+            f"{path}: field 'default_prompt_name' {default!r} is not one of the prompts "
+            f"{sorted(prompts)}"
+        )
+    truncate_dim = cfg.get("truncate_dim")
+    if truncate_dim is not None and (
+        not isinstance(truncate_dim, int) or not 0 < truncate_dim <= hidden_size
+    ):
+        raise ModelFolderError(
+            f"{path}: field 'truncate_dim' {truncate_dim!r} should be an int in [1, {hidden_size}]"
+        )
+    return prompts, default, truncate_dim
+
+
 def _read_pooling(folder: str, modules: list[dict]) -> tuple[str, bool, str]:
     """(pooling mode, normalize, transformer sub-folder) from modules.json and 1_Pooling."""
     modules_path = os.path.join(folder, "modules.json")
@@ -292,7 +341,14 @@ def _read_pooling(folder: str, modules: list[dict]) -> tuple[str, bool, str]:
             transformer_dir = mod.get("path", "")
         elif kind == "Pooling":
             pool_path = os.path.join(folder, mod.get("path", "1_Pooling"), "config.json")
-            pooling = _pooling_mode(_read_json(pool_path), pool_path)
+            pool_cfg = _read_json(pool_path)
+            pooling = _pooling_mode(pool_cfg, pool_path)
+            if pool_cfg.get("include_prompt", True) is not True:
+                # We pool over every token, prompt included: sentence-transformers' default.
+                raise ModelFolderError(
+                    f"{pool_path}: field 'include_prompt' false (prompt tokens left out of the "
+                    "pooling) is not supported"
+                )
         elif kind == "Normalize":
             normalize = True
         else:
@@ -399,6 +455,13 @@ def load_model(path: str) -> LoadedModel:
         if os.path.exists(p):
             with open(p, "rb") as f:
                 tok_files[name] = f.read()
+    prompts, default_prompt, truncate_dim = _read_st_config(
+        os.path.join(folder, "config_sentence_transformers.json"), cfg.hidden_size
+    )
+    readme = None
+    if os.path.exists(os.path.join(folder, "README.md")):
+        with open(os.path.join(folder, "README.md"), "rb") as f:
+            readme = f.read()
     return LoadedModel(
         config=cfg,
         params=jax.tree.map(np.asarray, params),
@@ -410,6 +473,10 @@ def load_model(path: str) -> LoadedModel:
         tokenizer_files=tok_files,
         extra_tensors=extra,
         path=folder,
+        prompts=prompts,
+        default_prompt_name=default_prompt,
+        truncate_dim=truncate_dim,
+        readme=readme,
     )
 
 
@@ -420,7 +487,11 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 def export_model(m: LoadedModel, out_dir: str, params: hk.Params | None = None) -> str:
-    """Write a sentence-transformers folder of `params` (default `m.params`); returns out_dir."""
+    """Write a sentence-transformers folder of `params` (default `m.params`); returns out_dir.
+
+    With it a README.md: the model card of `m.card_info` (set by the trainer), else the source
+    folder's own README.md, else a card of the architecture alone (model_card.py).
+    """
     params = m.params if params is None else params
     os.makedirs(out_dir, exist_ok=True)
     tensors = dict(m.extra_tensors)
@@ -466,15 +537,19 @@ def export_model(m: LoadedModel, out_dir: str, params: hk.Params | None = None) 
         os.path.join(out_dir, "sentence_bert_config.json"),
         {"max_seq_length": m.max_seq_length, "do_lower_case": False},
     )
-    _write_json(
-        os.path.join(out_dir, "config_sentence_transformers.json"),
-        {
-            "__version__": {"sentence_transformers": "2.0.0", "exported_by": "jax-sentence-embed"},
-            "prompts": {},
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine",
-        },
-    )
+    st_config = {
+        "__version__": {"sentence_transformers": "2.0.0", "exported_by": "jax-sentence-embed"},
+        "model_type": "SentenceTransformer",
+        # sentence-transformers saves both keys always ("" = none); other names are kept.
+        "prompts": {"query": m.query_prompt, "document": m.document_prompt, **m.prompts},
+        "default_prompt_name": m.default_prompt_name,
+        "similarity_fn_name": "cosine",
+    }
+    if m.truncate_dim is not None:
+        st_config["truncate_dim"] = m.truncate_dim
+    _write_json(os.path.join(out_dir, "config_sentence_transformers.json"), st_config)
+    with open(os.path.join(out_dir, "README.md"), "wb") as f:
+        f.write(model_card.readme_for(m, out_dir))
     return out_dir
 
 

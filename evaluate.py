@@ -92,6 +92,8 @@ def encode(
     max_tokens: int | None = None,
     pack_length: int = PACK_LENGTH,
     devices: Sequence[jax.Device] | None = None,
+    prompt: str | None = None,
+    truncate_dim: int | None = None,
 ) -> np.ndarray:
     """Embed `texts` -> float32 [N, D] in input order.
 
@@ -102,7 +104,35 @@ def encode(
     row, longest first, padded to a multiple of 16 tokens. Each call's rows are split over
     `devices` (default: this process's devices of the default backend), the params put on them
     once. See packing.encode_batches for the shapes that get compiled.
+
+    As sentence-transformers' `encode`: `prompt` is prepended to every text before tokenization
+    (None: the model's default prompt, `m.default_prompt`; pass `m.query_prompt` or
+    `m.document_prompt` for encode_query / encode_document), and the embeddings are cut to their
+    first `truncate_dim` dims (None: `m.truncate_dim`, else all D), not re-normalised.
     """
+    prompt = m.default_prompt if prompt is None else prompt
+    if prompt:
+        texts = [prompt + t for t in texts]
+    full_NxD = _encode(
+        m, texts, params, batch_size, dtype, progress, label, max_tokens, pack_length, devices
+    )
+    return truncate(full_NxD, truncate_dim, m)
+
+
+def truncate(emb_NxD: np.ndarray, dim: int | None, m: convert.LoadedModel) -> np.ndarray:
+    """The first `dim` dims of each row (None: `m.truncate_dim`, else all); no re-normalising."""
+    dim = m.truncate_dim if dim is None else dim
+    if dim is None:
+        return emb_NxD
+    if not 0 < dim <= emb_NxD.shape[-1]:
+        raise ValueError(f"truncate_dim {dim} not in [1, {emb_NxD.shape[-1]}]")
+    return emb_NxD[..., :dim]
+
+
+def _encode(
+    m, texts, params, batch_size, dtype, progress, label, max_tokens, pack_length, devices
+) -> np.ndarray:
+    """encode's batching: full-width embeddings of the (already prompted) texts."""
     n = len(texts)
     emb_NxD = np.zeros((n, m.config.hidden_size), np.float32)
     if n == 0:
@@ -201,18 +231,62 @@ def read_sts(path: str) -> tuple[list[str], list[str], np.ndarray]:
     return s1, s2, np.asarray(scores, np.float64)
 
 
-def evaluate_sts(
-    m: convert.LoadedModel, path: str, *, params: hk.Params | None = None, batch_size: int = 64
-) -> dict:
-    """Spearman correlation x100 of cosine similarity with the gold scores."""
+def _widths(m: convert.LoadedModel, truncate_dims: Sequence[int | None]) -> list[int | None]:
+    """The widths to score: each given one (None: the model's default), checked against D."""
+    dims = [m.truncate_dim if d is None else d for d in truncate_dims] or [m.truncate_dim]
+    for d in dims:
+        if d is not None and not 0 < d <= m.config.hidden_size:
+            raise ValueError(f"truncate_dim {d} not in [1, {m.config.hidden_size}]")
+    return dims
+
+
+def _labelled(result: dict, dim: int | None) -> dict:
+    return result if dim is None else {**result, "truncate_dim": dim}
+
+
+def sts_scores(
+    m: convert.LoadedModel,
+    path: str,
+    truncate_dims: Sequence[int | None] = (None,),
+    *,
+    params: hk.Params | None = None,
+    batch_size: int = 64,
+    prompt: str | None = None,
+) -> list[dict]:
+    """evaluate_sts at each width of `truncate_dims`, from one encoding of the sentences."""
+    dims = _widths(m, truncate_dims)
     s1, s2, gold = read_sts(path)
     unique = list(dict.fromkeys(s1 + s2))  # embed each distinct sentence once
-    emb = encode(m, unique, params=params, batch_size=batch_size, label=path)
+    kw = dict(params=params, batch_size=batch_size, truncate_dim=m.config.hidden_size)
+    full = encode(m, unique, label=path, prompt=prompt, **kw)
     index = {t: i for i, t in enumerate(unique)}
-    emb = l2_normalize(emb.astype(np.float64))
-    cos = (emb[[index[t] for t in s1]] * emb[[index[t] for t in s2]]).sum(-1)
-    rho = scipy.stats.spearmanr(gold, cos).statistic
-    return {"task": path, "metric": "spearman_cosine", "score": round(100 * rho, 2), "n": len(gold)}
+    i1, i2 = [index[t] for t in s1], [index[t] for t in s2]
+    results = []
+    for dim in dims:
+        emb = l2_normalize(truncate(full, dim or m.config.hidden_size, m).astype(np.float64))
+        rho = scipy.stats.spearmanr(gold, (emb[i1] * emb[i2]).sum(-1)).statistic
+        result = {"task": path, "metric": "spearman_cosine", "score": round(100 * rho, 2)}
+        results.append(_labelled({**result, "n": len(gold)}, dim))
+    return results
+
+
+def evaluate_sts(
+    m: convert.LoadedModel,
+    path: str,
+    *,
+    params: hk.Params | None = None,
+    batch_size: int = 64,
+    prompt: str | None = None,
+    truncate_dim: int | None = None,
+) -> dict:
+    """Spearman correlation x100 of cosine similarity with the gold scores.
+
+    Sentences get `prompt` (None: the model's default prompt, as sentence-transformers' encode);
+    with `truncate_dim` (None: the model's default) the first N dims are scored, re-normalised.
+    """
+    return sts_scores(
+        m, path, (truncate_dim,), params=params, batch_size=batch_size, prompt=prompt
+    )[0]
 
 
 def read_jsonl_records(
@@ -363,6 +437,51 @@ def retrieval_metrics(ranked: Sequence[str], rels: dict[str, int]) -> dict[str, 
     }
 
 
+def retrieval_scores(
+    m: convert.LoadedModel,
+    folder: str,
+    truncate_dims: Sequence[int | None] = (None,),
+    *,
+    split: str = "test",
+    params: hk.Params | None = None,
+    batch_size: int = 64,
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
+) -> list[dict]:
+    """evaluate_retrieval at each width of `truncate_dims`, from one encoding of the corpus."""
+    dims = _widths(m, truncate_dims)
+    data = read_beir(folder, split)
+    width = m.config.hidden_size
+    q_prompt = m.query_prompt if query_prompt is None else query_prompt
+    d_prompt = m.document_prompt if document_prompt is None else document_prompt
+    kw = dict(params=params, batch_size=batch_size, truncate_dim=width)
+    full_docs = encode(m, data.doc_texts, label="corpus", prompt=d_prompt, **kw)
+    full_queries = encode(m, data.query_texts, label="queries", prompt=q_prompt, **kw)
+    results = []
+    for dim in dims:
+        docs = l2_normalize(truncate(full_docs, dim or width, m))
+        queries = l2_normalize(truncate(full_queries, dim or width, m))
+        # Keep a few more than 100 hits so documents tied at the cut are ranked by trec_order.
+        idx_QxK, scores_QxK = top_k(queries, docs, 128)
+        totals = {"ndcg_at_10": 0.0, "mrr_at_10": 0.0, "recall_at_100": 0.0}
+        for qid, idx, scores in zip(data.query_ids, idx_QxK, scores_QxK, strict=True):
+            ranked = trec_order([data.doc_ids[i] for i in idx], scores.tolist())
+            for key, value in retrieval_metrics(ranked, data.qrels[qid]).items():
+                totals[key] += value
+        n = len(data.query_ids)
+        out = {k: round(100 * v / n, 2) for k, v in totals.items()}
+        result = {
+            "task": folder,
+            "metric": "ndcg_at_10",
+            "score": out["ndcg_at_10"],
+            "n": n,
+            "mrr_at_10": out["mrr_at_10"],
+            "recall_at_100": out["recall_at_100"],
+        }
+        results.append(_labelled(result, dim))
+    return results
+
+
 def evaluate_retrieval(
     m: convert.LoadedModel,
     folder: str,
@@ -370,29 +489,26 @@ def evaluate_retrieval(
     split: str = "test",
     params: hk.Params | None = None,
     batch_size: int = 64,
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
+    truncate_dim: int | None = None,
 ) -> dict:
-    """nDCG@10 (main score), MRR@10 and Recall@100, x100, of cosine exact search on a BEIR set."""
-    data = read_beir(folder, split)
-    docs = encode(m, data.doc_texts, params=params, batch_size=batch_size, label="corpus")
-    queries = encode(m, data.query_texts, params=params, batch_size=batch_size, label="queries")
-    docs, queries = l2_normalize(docs), l2_normalize(queries)
-    # Keep a few more than 100 hits so documents tied at the cut are ranked by trec_order.
-    idx_QxK, scores_QxK = top_k(queries, docs, 128)
-    totals = {"ndcg_at_10": 0.0, "mrr_at_10": 0.0, "recall_at_100": 0.0}
-    for qid, idx, scores in zip(data.query_ids, idx_QxK, scores_QxK, strict=True):
-        ranked = trec_order([data.doc_ids[i] for i in idx], scores.tolist())
-        for key, value in retrieval_metrics(ranked, data.qrels[qid]).items():
-            totals[key] += value
-    n = len(data.query_ids)
-    out = {k: round(100 * v / n, 2) for k, v in totals.items()}
-    return {
-        "task": folder,
-        "metric": "ndcg_at_10",
-        "score": out["ndcg_at_10"],
-        "n": n,
-        "mrr_at_10": out["mrr_at_10"],
-        "recall_at_100": out["recall_at_100"],
-    }
+    """nDCG@10 (main score), MRR@10 and Recall@100, x100, of cosine exact search on a BEIR set.
+
+    Queries get `query_prompt`, documents `document_prompt` (None: the model's own "query" and
+    "document" prompts, as encode_query / encode_document); with `truncate_dim` (None: the
+    model's default) the first N dims are searched, re-normalised.
+    """
+    return retrieval_scores(
+        m,
+        folder,
+        (truncate_dim,),
+        split=split,
+        params=params,
+        batch_size=batch_size,
+        query_prompt=query_prompt,
+        document_prompt=document_prompt,
+    )[0]
 
 
 def main(argv: Sequence[str]) -> None:
@@ -406,13 +522,27 @@ def main(argv: Sequence[str]) -> None:
     if not f.sts and not f.retrieval:
         raise app.UsageError("give at least one --sts file or --retrieval folder")
     try:
+        dims = [int(d) for d in f.truncate_dim] or [None]
+    except ValueError as e:
+        raise app.UsageError(f"--truncate_dim={','.join(f.truncate_dim)}: not integers") from e
+    try:
         m = convert.load_model(f.model)
+        dims = _widths(m, dims)
         for path in f.sts:
-            print(json.dumps(evaluate_sts(m, path, batch_size=f.batch_size)), flush=True)
+            for r in sts_scores(m, path, dims, batch_size=f.batch_size, prompt=f.prompt):
+                print(json.dumps(r), flush=True)
         for folder in f.retrieval:
-            result = evaluate_retrieval(m, folder, split=f.split, batch_size=f.batch_size)
-            print(json.dumps(result), flush=True)
-    except (convert.ModelFolderError, DataFileError) as e:
+            for r in retrieval_scores(
+                m,
+                folder,
+                dims,
+                split=f.split,
+                batch_size=f.batch_size,
+                query_prompt=f.query_prompt,
+                document_prompt=f.document_prompt,
+            ):
+                print(json.dumps(r), flush=True)
+    except (convert.ModelFolderError, DataFileError, ValueError) as e:
         sys.exit(f"error: {e}")
 
 
@@ -424,4 +554,12 @@ if __name__ == "__main__":
     flags.DEFINE_integer(
         "batch_size", 64, "encoding: a call holds the tokens of this many max-length texts"
     )
+    flags.DEFINE_list(
+        "truncate_dim", [], "score the first N dims (re-normalised); N1,N2,...: each, one encoding"
+    )
+    flags.DEFINE_string("query_prompt", None, "retrieval queries' prefix; default: the model's")
+    flags.DEFINE_string(
+        "document_prompt", None, "retrieval documents' prefix; default: the model's"
+    )
+    flags.DEFINE_string("prompt", None, "STS sentences' prefix; default: the model's default one")
     app.run(main)

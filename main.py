@@ -40,6 +40,7 @@ import distributed
 import evaluate
 import loss as loss_lib
 import model as model_lib
+import model_card
 import packing
 import runconfig
 import sources
@@ -119,6 +120,9 @@ def build_model(config: ml_collections.ConfigDict) -> convert.LoadedModel:
             f"config field loss.matryoshka_dims: {dims} exceed the model's embedding width {width}"
         )
     m.pooling, m.normalize = config.model.pooling, config.model.normalize
+    p = config.data.prompts
+    if p.anchor or p.positive or p.negatives:  # the prompts it is trained with; else init_from's
+        m.prompts, m.default_prompt_name = {"query": p.anchor, "document": p.positive}, None
     m.max_seq_length = min(m.max_seq_length, config.data.max_seq_len)
     m.tokenizer.enable_truncation(max_length=m.max_seq_length, strategy="longest_first")
     return m
@@ -229,6 +233,8 @@ def make_featurizer(
     if local != list(range(local[0], local[0] + len(local))):
         raise RuntimeError(f"this process's devices are not contiguous in the mesh: {local}")
     pad, chunk = m.pad_id, config.loss.cache_chunk_size
+    p = config.data.prompts
+    prompts = (p.anchor, p.positive) + (p.negatives,) * config.data.max_negatives
 
     def featurize(examples):
         arrays = packing.featurize(
@@ -242,6 +248,7 @@ def make_featurizer(
             max_segments=config.data.max_segments,
             bucket_lengths=tuple(config.data.bucket_lengths),
             size_multiple=chunk or 1,  # GradCache splits each device's rows into chunks
+            prompts=prompts if any(prompts) else (),
         )
         return packing.device_slice(arrays, len(mesh_devices), local[0], len(local))
 
@@ -382,6 +389,24 @@ def train(
     step = start_step
     latest_loader_state = loader_state
     bad_lines = (loader_state or {}).get("counters", {}).get("skipped", {})
+    base_readme, evals_step = m.readme, 0
+    datasets = [
+        (d.name, d.lines, float(p)) for d, p in zip(loader.datasets, loader.probs, strict=True)
+    ]
+
+    def note_card(examples: dict | None = None) -> None:  # for the next export's README.md
+        m.card_info = model_card.training_facts(
+            config,
+            base_readme=base_readme,
+            step=step,
+            start_step=start_step,
+            wall_s=time.time() - run_t0,
+            datasets=datasets,
+            examples=examples,
+            evals=evals,
+            evals_step=evals_step,
+            evals_before=evals_before,
+        )
 
     def flush_metrics() -> None:
         nonlocal last_record
@@ -443,6 +468,7 @@ def train(
             if step % config.checkpoint_every == 0 or step == config.total_steps:
                 flush_metrics()  # never checkpoint params after a non-finite loss
                 if is_main:
+                    note_card()
                     checkpoint.save(
                         workdir,
                         m,
@@ -454,10 +480,11 @@ def train(
                         ),
                     )
             if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
-                evals = run_evaluation(config, m, state.params, step, log)
+                evals, evals_step = run_evaluation(config, m, state.params, step, log), step
 
     export_dir = os.path.join(workdir, "export")
     if is_main:
+        note_card(loader.stats()["examples"])
         convert.export_model(m, export_dir, params=jax.device_get(state.params))
         print(f"exported the final model to {export_dir}", flush=True)
     return {

@@ -85,9 +85,12 @@ def featurize(
     max_segments: int = 32,
     bucket_lengths: Sequence[int] = (),
     size_multiple: int = 1,
+    prompts: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
     """The global batch's examples -> arrays whose leading axis splits evenly over the devices.
 
+    `prompts[c]`, where given, is prepended to column c's texts before tokenization (so it counts
+    in `max_seq_len`), as sentence-transformers' trainer does with its `prompts` per column.
     Returns `ids_GRxL`, `segments_GRxL` (int32), `row_BxC`, `slot_BxC` (int32, per device) and
     `valid_BxC` (bool). Every process packs the whole global batch, so all agree on R without
     talking; `device_slice` then keeps a process's own devices' part.
@@ -95,6 +98,8 @@ def featurize(
     num_cols = 2 + max_negatives
     if any(not 0 < b <= max_seq_len for b in bucket_lengths):
         raise ValueError(f"bucket_lengths {tuple(bucket_lengths)} must lie in [1, {max_seq_len}]")
+    if prompts and len(prompts) != num_cols:
+        raise ValueError(f"{len(prompts)} prompts for {num_cols} columns (2 + max_negatives)")
     if len(examples) % num_devices:
         raise ValueError(f"{len(examples)} examples do not split over {num_devices} devices")
     per_device = len(examples) // num_devices
@@ -105,6 +110,8 @@ def featurize(
             raise ValueError(f"example {b} has {len(ex)} texts, expected at least 2")
         ex = ex[:num_cols]
         valid_BxC[b, : len(ex)] = True
+        if prompts:  # an example may have fewer columns than prompts
+            ex = [prompt + text for prompt, text in zip(prompts, ex, strict=False)]
         texts.extend(ex)
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     encoded = iter([e.ids[:max_seq_len] for e in encode(texts)] if texts else [])

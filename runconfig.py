@@ -198,6 +198,11 @@ FIELDS: dict[str, Field] = {
     "data.prefetch": Field(CONTINUES, _at_least(0)),
     "data.packing": Field(CONTINUES),
     "data.max_segments": Field(CONTINUES, _at_least(1)),
+    # text before each column's texts (counted in max_seq_len): what the model is fed, like the
+    # data itself, not what the checkpoint depends on; the export names the final prompts
+    "data.prompts.anchor": Field(CONTINUES),
+    "data.prompts.positive": Field(CONTINUES),
+    "data.prompts.negatives": Field(CONTINUES),
     "loss.scale": Field(CONTINUES, _positive),
     "loss.similarity": Field(CONTINUES, _one_of(loss_lib.SIMILARITIES)),
     "loss.symmetric": Field(CONTINUES),

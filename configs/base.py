@@ -77,6 +77,13 @@ def base() -> ml_collections.ConfigDict:
     c.data.prefetch = 4  # batches prepared ahead in a background thread; 0 = inline
     c.data.packing = True  # pack several texts per row (packing.py); False = one text per row
     c.data.max_segments = 32  # texts per packed row at most (static S of the step)
+    # Prompts (sentence-transformers' `prompts`, E5/BGE style "query: " / "passage: "): prefixes
+    # of each column's texts before tokenization, counted in max_seq_len. Exported as the
+    # model's "query" (anchor) and "document" (positive) prompts; all '' = no prompts.
+    c.data.prompts = ml_collections.ConfigDict()
+    c.data.prompts.anchor = ""  # before every anchor text, e.g. 'query: '
+    c.data.prompts.positive = ""  # before every positive text, e.g. 'passage: '
+    c.data.prompts.negatives = ""  # before every hard negative (documents: usually = positive)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.scale = 20.0  # logits = scale * similarity

@@ -337,3 +337,54 @@ def test_usage_errors_come_before_loading_a_model(capsys):
         _cli(capsys, "search", "--model=/does/not/exist")
     with pytest.raises(SystemExit, match="error: /does/not/exist: no such model folder"):
         _cli(capsys, "similarity", "--model=/does/not/exist", "a", "b")
+
+
+def test_prompts_and_truncation_reach_every_command(ref, tmp_path, capsys):
+    """qa: query prompt on the question, document prompt on the answers; search: the same, the
+    index at --truncate_dim width; similarity: the default prompt, cosine of the prefixes."""
+    m = dataclasses.replace(ref, prompts={"query": "query: ", "document": "passage: "})
+    texts = ["How many people live in Berlin?", "Berlin has 3.5 million people.", "Paris."]
+
+    def enc(xs, prompt, dim=384):
+        return evaluate.encode(ref, xs, progress=False, prompt=prompt)[:, :dim].astype(np.float64)
+
+    q, d = enc(texts[:1], "query: "), enc(texts[1:], "passage: ")
+    got = dict(apps.rank(m, texts[0], texts[1:], cosine=False, prompts=("query: ", "passage: ")))
+    np.testing.assert_allclose([got[0], got[1]], d @ q[0], rtol=1e-5)
+    plain = dict(apps.rank(m, texts[0], texts[1:], cosine=False))  # default prompt: none
+    np.testing.assert_allclose(
+        [plain[0], plain[1]], enc(texts[1:], "") @ enc(texts[:1], "")[0], rtol=1e-5
+    )
+    assert abs(plain[0] - got[0]) > 1e-3
+
+    small = dataclasses.replace(m, truncate_dim=48)
+    cos = dict(apps.rank(small, texts[0], texts[1:], cosine=True))
+    np.testing.assert_allclose(
+        [cos[0], cos[1]],
+        _unit(enc(texts[1:], "", 48)) @ _unit(enc(texts[:1], "", 48))[0],
+        rtol=1e-5,
+    )
+
+    index = str(tmp_path / "index")
+    meta = apps.index_corpus(small, _write(tmp_path / "c.txt", CORPUS), index)
+    assert (meta["dim"], meta["document_prompt"]) == (48, "passage: ")
+    _, _, emb = apps.load_index(index)
+    docs = [t for t in CORPUS if t]
+    np.testing.assert_allclose(emb, enc(docs, "passage: ", 48), atol=1e-5)
+    # Queries: the query prompt and the index's width, even from a model without truncate_dim.
+    hits = apps.query_index(m, index, ["What do pandas eat?"], top_k=4)[0]
+    dots = enc(docs, "passage: ", 48) @ enc(["What do pandas eat?"], "query: ", 48)[0]
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(dots)[::-1], atol=1e-5)
+    with pytest.raises(apps.AppError, match="48-dim embeddings, not --truncate_dim=96"):
+        apps.query_index(dataclasses.replace(m, truncate_dim=96), index, ["pandas"])
+    with pytest.raises(apps.AppError, match="use the same --truncate_dim and --document_prompt"):
+        apps.index_corpus(m, _write(tmp_path / "more.txt", ["more"]), index)
+    # The CLI flags: --truncate_dim and --query_prompt / --document_prompt.
+    flags_ = ["--query_prompt=query: ", "--document_prompt=passage: ", "--truncate_dim=48"]
+    out = _cli(capsys, "qa", f"--model={REF_DIR}", *flags_, f"--query={texts[0]}", *texts[1:])
+    want = dict(
+        apps.rank(small, texts[0], texts[1:], cosine=False, prompts=("query: ", "passage: "))
+    )
+    assert f"{want[0]:8.4f}" in out and f"{want[1]:8.4f}" in out
+    with pytest.raises(SystemExit, match=r"--truncate_dim=500: not in \[1, 384\]"):
+        _cli(capsys, "similarity", f"--model={REF_DIR}", "--truncate_dim=500", "a", "b")

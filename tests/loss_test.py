@@ -540,8 +540,11 @@ class GradCacheTest(parameterized.TestCase):
         fn = loss.matryoshka_loss(loss.mnrl_loss, MATRYOSHKA_DIMS, MATRYOSHKA_WEIGHTS)
 
         def matryoshka_on(embeddings, axis_name=None):
-            e = embeddings
-            return fn(e["anchor"], e["positive"], e["negative"], symmetric=True, axis_name=axis_name)
+            return fn(
+                *(embeddings[k] for k in ("anchor", "positive", "negative")),
+                symmetric=True,
+                axis_name=axis_name,
+            )
 
         want = jit(
             jax.value_and_grad(lambda q: matryoshka_on(embed_fn(q, inputs, rng)), has_aux=True)

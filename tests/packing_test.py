@@ -77,6 +77,36 @@ def test_every_text_is_placed_with_its_tokens(tokenizer, examples, pack):
                 assert got == tokenizer.encode(ex[c]).ids[:64]
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_prompts_prefix_each_column_within_the_length(tokenizer, examples, pack):
+    """data.prompts: each column's prefix, tokenized with its text and counted in max_seq_len."""
+    prompts = ("query: ", "passage: ", "negative: ")
+    examples = [(examples[0][0], "word " * 100, examples[0][2]), *examples[1:]]  # a long one
+    arrays = packing.featurize(
+        examples,
+        tokenizer,
+        num_devices=4,
+        max_seq_len=64,
+        max_negatives=1,
+        pad_id=0,
+        pack=pack,
+        max_segments=8,
+        prompts=prompts,
+    )
+    ids = arrays["ids_GRxL"].reshape(4, -1, arrays["ids_GRxL"].shape[-1])
+    seg = arrays["segments_GRxL"].reshape(ids.shape)
+    for b, ex in enumerate(examples):
+        for c in range(len(ex)):
+            r, s = arrays["row_BxC"][b, c], arrays["slot_BxC"][b, c]
+            got = ids[b // 4, r][seg[b // 4, r] == s + 1].tolist()
+            assert got == tokenizer.encode(prompts[c] + ex[c]).ids[:64], (b, c)
+    r, s = arrays["row_BxC"][0, 1], arrays["slot_BxC"][0, 1]
+    assert (seg[0, r] == s + 1).sum() == 64  # the long positive: prompt + text cut at 64
+    with pytest.raises(ValueError, match="2 prompts for 3 columns"):
+        kw = dict(num_devices=4, max_seq_len=64, max_negatives=1, pad_id=0)
+        packing.featurize(examples, tokenizer, **kw, prompts=prompts[:2])
+
+
 def test_unpacked_rows_take_the_smallest_bucket_and_truncate(tokenizer):
     kw = dict(num_devices=1, max_seq_len=64, max_negatives=0, pad_id=9, pack=False)
     kw["bucket_lengths"] = (16, 8)

@@ -1,6 +1,7 @@
 """Retrieval evaluation: metrics on hand-made judgements, trec_eval's ranking, exact top-k against a
 full sort, the BEIR readers' named errors, and a tiny end-to-end run (function and CLI)."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -193,3 +194,37 @@ def test_scifact_mixed_folder_is_what_its_writer_writes(tmp_path):
             assert f.read() == g.read(), name
     assert write_scifact_mixed.quotas({"a": 3, "b": 1}, 2) == {"a": 2, "b": 0}
     assert write_scifact_mixed.quotas({"a": 5, "b": 3, "c": 2}, 4) == {"a": 2, "b": 1, "c": 1}
+
+
+def test_truncated_retrieval_renormalises_the_prefixes(tiny_beir, monkeypatch):
+    """Hand-made embeddings: at full width Berlin beats Paris for the Paris question; in the
+    first 2 dims Paris points exactly along the query but is short, so only cosine (prefixes
+    re-normalised) ranks it first. Queries and documents get their own prompts."""
+    m = dataclasses.replace(
+        convert.load_model(REF_DIR), prompts={"query": "Q: ", "document": "D: "}
+    )
+    width = m.config.hidden_size
+
+    def vec(*head):
+        v = np.zeros(width, np.float32)
+        v[: len(head)] = head
+        return v / np.linalg.norm(v)
+
+    table = {
+        "Q: How many people live in Paris?": vec(1, 0, 0),
+        "Q: What do pandas eat?": vec(0, 1, 0),
+        "D: Berlin Around 3.5 million people live in the city.": vec(0.6, 0.8, 0),
+        "D: Paris Around 2 million people live in the city.": vec(0.1, 0, 0, 0.99),
+        "D: Giant pandas eat almost nothing but bamboo.": vec(0, 1, 0),
+        "D: Rust Ownership rules are checked by the compiler.": vec(0, 0, 1),
+    }
+    monkeypatch.setattr(
+        evaluate, "_encode", lambda m, texts, *a: np.stack([table[t] for t in texts])
+    )
+    full, two = evaluate.retrieval_scores(m, tiny_beir, (None, 2))
+    assert full == evaluate.evaluate_retrieval(m, tiny_beir)
+    # q1 ranks Berlin (0.6) above Paris (0.1) at full width: nDCG 1/log2(3); q2 finds pandas.
+    assert full["score"] == round(100 * (1 / np.log2(3) + 1) / 2, 2) and "truncate_dim" not in full
+    # Dims 0-1: Paris's prefix (0.1, 0) re-normalised is (1, 0), cosine 1 > Berlin's 0.6; without
+    # re-normalising it would score 0.1 and rank below Berlin again.
+    assert two == {**full, "score": 100.0, "mrr_at_10": 100.0, "truncate_dim": 2}
