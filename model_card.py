@@ -119,11 +119,16 @@ def training_facts(
     }
 
 
+def _loss_name(facts: dict) -> str:  # sentence-transformers' class for our loss options
+    symmetric = "Symmetric" if facts["loss"]["symmetric"] else ""
+    return f"MultipleNegatives{symmetric}RankingLoss"
+
+
 def _front_matter(m: convert.LoadedModel, facts: dict | None) -> str:
     tags = ["sentence-transformers", "sentence-similarity", "feature-extraction"]
     lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity"]
     if facts:
-        tags.append("loss:MultipleNegativesRankingLoss")
+        tags.append(f"loss:{_loss_name(facts)}")
         if facts["loss"]["matryoshka_dims"]:
             tags.append("loss:MatryoshkaLoss")
         if facts["base_model_name"]:
@@ -253,8 +258,8 @@ def _training(facts: dict) -> str:
         f"batch {facts['batch_size']} pairs (global), lr {facts['lr']}, seed {facts['seed']}",
         f"- **Wall time:** {wall / 60:.1f} min in this run{resumed} (card written {facts['date']})",
         f"- **Sequence length:** up to {facts['max_seq_len']} tokens per text (prompt included)",
-        f"- **Loss:** MultipleNegativesRankingLoss, scale {loss['scale']}, {loss['similarity']} "
-        f"similarity{', symmetric' if loss['symmetric'] else ''}, in-batch negatives "
+        f"- **Loss:** {_loss_name(facts)}, scale {loss['scale']}, {loss['similarity']} "
+        "similarity, in-batch negatives "
         f"{'gathered from all devices' if loss['gather'] else 'per device'}, "
         f"{loss['max_negatives']} hard negative(s) per example",
     ]
@@ -292,7 +297,13 @@ def _training(facts: dict) -> str:
 def render(m: convert.LoadedModel, path: str) -> str:
     """The card text of `m` exported to `path`."""
     facts = m.card_info
-    name = os.path.basename(os.path.normpath(path)) or "model"
+    parts = os.path.normpath(path).split(os.sep)
+    name = parts[-1] or "model"
+    if name == "export" and len(parts) > 1:  # DIR/export: the run's name
+        name = parts[-2]
+    elif name == "model" and len(parts) > 3 and parts[-3] == "checkpoints":  # DIR/checkpoints/N
+        step = facts["step"] if facts else int(parts[-2]) if parts[-2].isdigit() else None
+        name = f"{parts[-4]} (checkpoint at step {step})" if step is not None else parts[-4]
     if facts and facts.get("base_model_name"):
         intro = f"A sentence-transformers model fine-tuned from {facts['base_model_name']}"
     elif facts:

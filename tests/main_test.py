@@ -17,6 +17,7 @@ import pytest
 import checkpoint
 import convert
 import main
+import model_card
 import runconfig
 from configs import base
 
@@ -273,6 +274,74 @@ def test_main_reads_no_environment_variables():
     assert not found, found
 
 
+def test_matryoshka_wider_than_the_model_is_refused_before_anything_is_written(tmp_path):
+    """The width bound needs the model (init_from gives it): checked in build_model, still
+    before the workdir exists. (The other Matryoshka checks: runconfig_test.py.)"""
+    cfg = smoke(**{"loss.matryoshka_dims": (64, 16)})  # the smoke model is 32 wide
+    workdir = tmp_path / "run"
+    with pytest.raises(
+        runconfig.ConfigError, match=r"loss\.matryoshka_dims: \(64, 16\) exceed .* width 32"
+    ):
+        main.train(cfg, str(workdir))
+    assert not workdir.exists()
+
+
+def test_featurizer_prefixes_the_config_prompts():
+    cfg = smoke(**{"data.prompts.anchor": "query: ", "data.prompts.negatives": "neg: "})
+    cfg.data.max_negatives = 2
+    m = main.build_model(cfg)
+    assert (m.query_prompt, m.document_prompt) == ("query: ", "")  # what the export will say
+    examples = [(f"anchor {i}", f"positive {i}", f"negative {i}") for i in range(8)]
+    got = main.make_featurizer(cfg, m, jax.make_mesh((8,), ("data",)))(examples)
+    prefixed = [(f"query: anchor {i}", f"positive {i}", f"neg: negative {i}") for i in range(8)]
+    want = main.make_featurizer(
+        smoke(**{"data.max_negatives": 2}), m, jax.make_mesh((8,), ("data",))
+    )(prefixed)
+    chex.assert_trees_all_equal(got, want)
+
+
+@pytest.mark.slow
+def test_matryoshka_prompts_and_model_card_end_to_end(tmp_path):
+    """Matryoshka with GradCache and prompts through train(): per-prefix losses summed with their
+    weights, the prompts in the export, a model card in the export and in every checkpoint."""
+    weights = {32: 1.0, 16: 0.5, 8: 0.25}
+    cfg = smoke(
+        **{
+            "loss.matryoshka_dims": tuple(weights),
+            "loss.matryoshka_weights": tuple(weights.values()),
+            "loss.cache_chunk_size": 2,
+            "data.prompts.anchor": "q: ",
+            "data.prompts.positive": "d: ",
+            "data.prompts.negatives": "d: ",
+            "total_steps": 4,
+            "checkpoint_every": 2,
+        }
+    )
+    summary = main.train(cfg, str(tmp_path))
+    with open(tmp_path / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f if '"loss"' in line]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for r in records:
+        total = sum(w * r[f"matryoshka_loss_{d}"] for d, w in weights.items())
+        np.testing.assert_allclose(r["loss"], total, rtol=1e-5)
+    exported = convert.load_model(summary["export"])
+    assert exported.prompts == {"query": "q: ", "document": "d: "}
+    with open(os.path.join(summary["export"], "README.md")) as f:
+        card = f.read()
+    for want in (
+        "- loss:MatryoshkaLoss",
+        "- **Steps:** 4 of 4",
+        "dims and weights 32: 1.0, 16: 0.5",
+        "`loss.cache_chunk_size`: `2`",
+        "| `snli_triplets.jsonl.gz` |",
+    ):
+        assert want in card, want
+    ckpt = os.path.join(tmp_path, checkpoint.CHECKPOINTS, f"{2:09d}", "model", "README.md")
+    with open(ckpt) as f:
+        card = f.read()
+    assert "- **Steps:** 2 of 4" in card and "checkpoint at step 2" in card
+
+
 def test_every_config_field_has_a_same_line_comment():
     with open(os.path.join(ROOT, "configs", "base.py")) as f:
         source = f.read()
@@ -321,6 +390,7 @@ def test_config_flag_passes_tuples_through(tmp_path):
         ("local_negatives", "loss.gather", False),
         ("dot_product", "loss.similarity", "dot"),
         ("no_hard_negatives", "data.max_negatives", 0),
+        ("matryoshka", "loss.matryoshka_dims", (384, 192, 96, 48)),
     ],
 )
 def test_ablation_configs_change_their_field(name, field, value):
@@ -330,6 +400,19 @@ def test_ablation_configs_change_their_field(name, field, value):
     group, key = field.split(".")
     assert cfg[group][key] == value != base.get_config("smoke")[group][key]
     runconfig.validate(cfg, 8)
+
+
+def test_scifact_matryoshka_is_scifact_plus_the_dims():
+    import importlib
+
+    plain = importlib.import_module("configs.scifact").get_config()
+    mat = importlib.import_module("configs.scifact_matryoshka").get_config("seed=1")
+    assert model_card.config_diff(mat) == {
+        **model_card.config_diff(plain),
+        "loss.matryoshka_dims": [384, 192, 96, 48],
+        "loss.matryoshka_weights": [1.0, 1.0, 1.0, 1.0],
+        "seed": 1,
+    }
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "mpnet"])
