@@ -26,6 +26,7 @@ import optax
 import model as model_lib
 
 SIMILARITIES = ("cosine", "dot")
+MARGIN_STRATEGIES = ("absolute", "relative")  # of the guided loss, as GISTEmbedLoss names them
 
 # Finite rather than -inf: exp() of it underflows to exactly 0 in float32, and a row whose
 # candidates were all masked could never produce inf - inf = NaN.
@@ -225,6 +226,170 @@ def matryoshka_loss(
         return total, metrics
 
     return loss_fn
+
+
+def guided_mnrl_loss(
+    anchor_BxD: jax.Array,
+    positive_BxD: jax.Array,
+    negative_BxKxD: jax.Array | None = None,
+    negative_mask_BxK: jax.Array | None = None,
+    *,
+    guide_anchor_BxD: jax.Array,
+    guide_positive_BxD: jax.Array,
+    guide_negative_BxKxD: jax.Array | None = None,
+    margin: float = 0.0,
+    margin_strategy: str = "absolute",
+    contrast_anchors: bool = True,
+    contrast_positives: bool = True,
+    scale: float = 20.0,
+    similarity: str = "cosine",
+    symmetric: bool = False,
+    axis_name: str | None = None,
+    gather: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`mnrl_loss` with GISTEmbed's guided masking of probable false negatives (Solatorio 2024).
+
+    A frozen guide model's embeddings of the same texts (`guide_*`, no gradient) decide which
+    candidates are no negatives: anchor i's candidate c is masked out of the softmax when the
+    guide's cosine(anchor i, c) exceeds its cosine(anchor i, positive i) less the margin
+    (`absolute`: pos - margin; `relative`: pos - |pos| * margin), as sentence-transformers'
+    GISTEmbedLoss does. The candidates are all positives (the own positive is never masked),
+    with `contrast_anchors` all anchors, with `contrast_positives` the positives again as
+    seen from positive i (GISTEmbed's anchor-anchor and positive-positive pairs), then the
+    hard negatives. `symmetric` adds the positive -> anchor direction over the anchors, masked
+    the same way (not counted in "guide_masked"). With `axis_name` (inside shard_map), every
+    candidate block and its guide embeddings are gathered from all devices, so the result
+    equals the single-device call on the global batch. Returns the mean loss and {"accuracy",
+    "guide_masked": candidates the guide masked per anchor, averaged}.
+
+    Where it differs from sentence-transformers' GISTEmbedLoss: a text is never its own
+    negative (the anchor-anchor and positive-positive diagonals are masked outright; theirs masks
+    them only when the guide scores the text with itself above the threshold, i.e. nearly
+    always); gathered across devices the anchor-anchor block spans the global batch (theirs: the
+    local anchors); K hard negatives with a mask (theirs: one); the logits are `scale` x the
+    model's similarity (theirs: cosine / temperature, 0.01 by default, i.e. scale 100); the
+    symmetric direction is ours (theirs has none). The guide's similarity is always cosine.
+    """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"Unknown similarity {similarity!r}; expected one of {SIMILARITIES}.")
+    if margin_strategy not in MARGIN_STRATEGIES:
+        raise ValueError(
+            f"Unknown margin_strategy {margin_strategy!r}; expected one of {MARGIN_STRATEGIES}."
+        )
+    has_negatives = negative_BxKxD is not None and negative_BxKxD.shape[1] > 0
+    if has_negatives and guide_negative_BxKxD is None:
+        raise ValueError("hard negatives given without their guide embeddings.")
+    batch = anchor_BxD.shape[0]
+    anchor_BxD = _prepare(anchor_BxD, similarity)
+    positive_BxD = _prepare(positive_BxD, similarity)
+    guide = lambda x: jax.lax.stop_gradient(_prepare(x, "cosine"))  # noqa: E731
+    g_anchor_BxD, g_positive_BxD = guide(guide_anchor_BxD), guide(guide_positive_BxD)
+    labels_B = jnp.arange(batch)
+    if axis_name is not None and gather:
+
+        def collect(x):
+            return gather_rows(x, axis_name)
+
+        def collect_fixed(x):  # guide embeddings and masks: no gradient
+            return jax.lax.all_gather(x, axis_name, tiled=True)
+
+        labels_B = labels_B + jax.lax.axis_index(axis_name) * batch
+    else:
+        collect = collect_fixed = lambda x: x  # noqa: E731
+
+    all_positive_NxD, g_all_positive_NxD = collect(positive_BxD), collect_fixed(g_positive_BxD)
+    is_own_BxN = jnp.arange(all_positive_NxD.shape[0])[None, :] == labels_B[:, None]
+    g_scores_BxN = _scores(1.0, g_anchor_BxD, g_all_positive_NxD)
+    g_positive_Bx1 = jnp.take_along_axis(g_scores_BxN, labels_B[:, None], axis=1)
+    if margin_strategy == "absolute":
+        threshold_Bx1 = g_positive_Bx1 - margin
+    else:
+        threshold_Bx1 = g_positive_Bx1 - jnp.abs(g_positive_Bx1) * margin
+
+    masked_counts = []
+
+    def block(query_BxD, candidate_NxD, g_query_BxD, g_candidate_NxD, keep=None, drop=None):
+        """Scores of one candidate block, masked where the guide says false negative."""
+        masked = _scores(1.0, g_query_BxD, g_candidate_NxD) > threshold_Bx1
+        if keep is not None:
+            masked &= ~keep
+        if drop is not None:  # not candidates at all (self pairs, missing negatives): not counted
+            masked_counts.append(jnp.sum(masked & ~drop, axis=1))
+            masked |= drop
+        else:
+            masked_counts.append(jnp.sum(masked, axis=1))
+        return jnp.where(masked, _MASKED_LOGIT, _scores(scale, query_BxD, candidate_NxD))
+
+    blocks = [
+        block(anchor_BxD, all_positive_NxD, g_anchor_BxD, g_all_positive_NxD, keep=is_own_BxN)
+    ]
+    all_anchor_NxD = g_all_anchor_NxD = None
+    if contrast_anchors or symmetric:
+        all_anchor_NxD, g_all_anchor_NxD = collect(anchor_BxD), collect_fixed(g_anchor_BxD)
+    if contrast_anchors:
+        blocks.append(
+            block(anchor_BxD, all_anchor_NxD, g_anchor_BxD, g_all_anchor_NxD, drop=is_own_BxN)
+        )
+    if contrast_positives:
+        blocks.append(
+            block(
+                positive_BxD, all_positive_NxD, g_positive_BxD, g_all_positive_NxD, drop=is_own_BxN
+            )
+        )
+    if has_negatives:
+        negative_BxKxD = _prepare(negative_BxKxD, similarity)
+        if negative_mask_BxK is None:
+            negative_mask_BxK = jnp.ones(negative_BxKxD.shape[:2], dtype=bool)
+        all_negative = collect(negative_BxKxD)
+        g_all_negative = collect_fixed(guide(guide_negative_BxKxD))
+        all_mask = collect_fixed(negative_mask_BxK.astype(bool)).reshape(1, -1)
+        width = all_negative.shape[-1]
+        blocks.append(
+            block(
+                anchor_BxD,
+                all_negative.reshape(-1, width),
+                g_anchor_BxD,
+                g_all_negative.reshape(-1, g_all_negative.shape[-1]),
+                drop=jnp.broadcast_to(~all_mask, (batch, all_mask.shape[1])),
+            )
+        )
+    masked = jnp.mean(sum(masked_counts).astype(jnp.float32))  # forward direction only
+    scores_BxN = jnp.concatenate(blocks, axis=1)
+    loss_B = optax.softmax_cross_entropy_with_integer_labels(scores_BxN, labels_B)
+    accuracy = jnp.mean((jnp.argmax(scores_BxN, axis=1) == labels_B).astype(jnp.float32))
+    if symmetric:
+        is_own_anchor_BxN = jnp.arange(all_anchor_NxD.shape[0])[None, :] == labels_B[:, None]
+        backward = block(
+            positive_BxD, all_anchor_NxD, g_positive_BxD, g_all_anchor_NxD, keep=is_own_anchor_BxN
+        )
+        backward_B = optax.softmax_cross_entropy_with_integer_labels(backward, labels_B)
+        loss_B = 0.5 * (loss_B + backward_B)
+    loss = jnp.mean(loss_B)
+    if axis_name is not None:
+        loss = jax.lax.pmean(loss, axis_name)
+        accuracy = jax.lax.pmean(accuracy, axis_name)
+        masked = jax.lax.pmean(masked, axis_name)
+    return loss, {"accuracy": accuracy, "guide_masked": masked}
+
+
+def frozen_embeddings(
+    embed_fn: Callable[[hk.Params, Any], Any],
+    params: hk.Params,
+    inputs: Any,
+    chunk_size: int | None = None,
+) -> Any:
+    """`embed_fn(params, inputs)` without gradient, `chunk_size` rows at a time (the guide's).
+
+    Nothing is differentiated, so no activation outlives its chunk: with a chunk size (the
+    train step passes GradCache's) the guide's memory is that of one chunk's forward pass.
+    """
+    params = jax.lax.stop_gradient(params)
+    if chunk_size:
+        chunks, _ = _split_chunks(inputs, chunk_size)
+        out = _merge_chunks(jax.lax.map(lambda x: embed_fn(params, x), chunks))
+    else:
+        out = embed_fn(params, inputs)
+    return jax.lax.stop_gradient(out)
 
 
 def _split_chunks(tree: Any, chunk_size: int) -> tuple[Any, int]:

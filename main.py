@@ -128,6 +128,35 @@ def build_model(config: ml_collections.ConfigDict) -> convert.LoadedModel:
     return m
 
 
+def build_guide(config: ml_collections.ConfigDict, m: convert.LoadedModel):
+    """The frozen guide of the guided loss (loss.guide), or None: (model, params).
+
+    'init' is the model as it starts (init_from or the random init, also after a resume);
+    a folder is any model with the same tokenizer, since the guide embeds the batch's own
+    token ids (packed rows included). Its params are never trained nor checkpointed.
+    """
+    if not config.loss.guide:
+        return None
+    if config.loss.guide == "init":
+        return m, jax.tree.map(np.array, m.params)  # a copy: the state's buffers are donated
+    try:
+        g = convert.load_model(config.loss.guide)
+    except convert.ModelFolderError as e:
+        raise runconfig.ConfigError(f"config field loss.guide: {e}") from e
+    if g.tokenizer.get_vocab() != m.tokenizer.get_vocab():
+        raise runconfig.ConfigError(
+            f"config field loss.guide: {config.loss.guide!r} has another tokenizer (vocabulary) "
+            "than the model; the guide embeds the batch's token ids, so they must agree"
+        )
+    positions = g.config.max_position_embeddings - g.config.position_offset
+    if positions < config.data.max_seq_len:
+        raise runconfig.ConfigError(
+            f"config field loss.guide: {config.loss.guide!r} takes {positions} tokens, fewer than "
+            f"data.max_seq_len={config.data.max_seq_len}"
+        )
+    return g, g.params
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     schedule = optax.join_schedules(
         [
@@ -147,13 +176,22 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def make_train_step(
-    config: ml_collections.ConfigDict, m: convert.LoadedModel, mesh: jax.sharding.Mesh, optimizer
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    config: ml_collections.ConfigDict,
+    m: convert.LoadedModel,
+    mesh: jax.sharding.Mesh,
+    optimizer,
+    guide: convert.LoadedModel | None = None,
+) -> Callable[..., tuple[TrainState, dict]]:
     """One jitted step: embed, loss inside shard_map (negatives gathered), AdamW update.
 
     The batch holds rows of tokens (packed or one text per row, see packing.py) and, for every
-    example b and column c, the row and segment where its text was placed.
+    example b and column c, the row and segment where its text was placed. With a `guide`
+    (loss.guide, see build_guide) the step is `step(state, batch, guide_params)`: the guide
+    embeds the same rows without gradient (in GradCache's chunks when it is on) and the guided
+    loss masks the candidates it calls false negatives; its params stay outside the state.
     """
+    if guide is not None:
+        return _make_guided_train_step(config, m, mesh, optimizer, guide)
     num_segments = config.data.max_segments if config.data.packing else 1
     embed = m.embed_fn(num_segments)
     lc, dtype = config.loss, config.model.dtype
@@ -214,6 +252,78 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # The step number travels in the metrics: state.step itself is donated to the next step.
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), step=state.step + 1)
+        return TrainState(params, opt_state, state.rng, state.step + 1), metrics
+
+    return jax.jit(step_fn, donate_argnums=(0,))
+
+
+def _make_guided_train_step(config, m, mesh, optimizer, guide):
+    """make_train_step with the guide (GISTEmbed): a step of its own, so that the step without
+    one stays exactly today's program."""
+    num_segments = config.data.max_segments if config.data.packing else 1
+    embed, guide_embed = m.embed_fn(num_segments), guide.embed_fn(num_segments)
+    lc, dtype = config.loss, config.model.dtype
+
+    def embed_fn(params, rows, rng):
+        ids, segments = rows["ids_GRxL"], rows["segments_GRxL"]
+        return embed.apply(model_lib.cast_params(params, dtype), rng, ids, segments, True)
+
+    def guide_fn(params, rows):
+        ids, segments = rows["ids_GRxL"], rows["segments_GRxL"]
+        return guide_embed.apply(model_lib.cast_params(params, dtype), None, ids, segments, False)
+
+    def loss_fn(batch, emb_RxSxD, guide_RxSxD):
+        emb_BxCxD = emb_RxSxD[batch["row_BxC"], batch["slot_BxC"]]
+        g_BxCxD = guide_RxSxD[batch["row_BxC"], batch["slot_BxC"]]
+        has_negatives = emb_BxCxD.shape[1] > 2
+        return loss_lib.guided_mnrl_loss(
+            emb_BxCxD[:, 0],
+            emb_BxCxD[:, 1],
+            emb_BxCxD[:, 2:] if has_negatives else None,
+            batch["valid_BxC"][:, 2:] if has_negatives else None,
+            guide_anchor_BxD=g_BxCxD[:, 0],
+            guide_positive_BxD=g_BxCxD[:, 1],
+            guide_negative_BxKxD=g_BxCxD[:, 2:] if has_negatives else None,
+            margin=lc.guide_margin,
+            margin_strategy=lc.guide_margin_strategy,
+            contrast_anchors=lc.guide_contrast_anchors,
+            contrast_positives=lc.guide_contrast_positives,
+            scale=lc.scale,
+            similarity=lc.similarity,
+            symmetric=lc.symmetric,
+            axis_name=AXIS,
+            gather=lc.gather,
+        )
+
+    def sharded_grads(params, rng, step, batch, guide_params):
+        rng = jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index(AXIS))
+        rows = {"ids_GRxL": batch["ids_GRxL"], "segments_GRxL": batch["segments_GRxL"]}
+        guide_RxSxD = loss_lib.frozen_embeddings(
+            guide_fn, guide_params, rows, lc.cache_chunk_size or None
+        )
+        (loss, metrics), grads = loss_lib.embedding_value_and_grad(
+            embed_fn,
+            lambda emb: loss_fn(batch, emb, guide_RxSxD),
+            params,
+            rows,
+            rng,
+            cache_chunk_size=lc.cache_chunk_size or None,
+            axis_name=AXIS,
+        )
+        return loss, metrics, grads
+
+    grads_fn = jax.shard_map(
+        sharded_grads,
+        mesh=mesh,
+        in_specs=(P(), P(), P(), P(AXIS), P()),
+        out_specs=(P(), P(), P()),
+    )
+
+    def step_fn(state: TrainState, batch: dict, guide_params) -> tuple[TrainState, dict]:
+        loss, metrics, grads = grads_fn(state.params, state.rng, state.step, batch, guide_params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), step=state.step + 1)
         return TrainState(params, opt_state, state.rng, state.step + 1), metrics
 
@@ -326,6 +436,7 @@ def train(
     config_changes = runconfig.check_resume(config, workdir)
     is_main = jax.process_index() == 0
     m = build_model(config)
+    guide = build_guide(config, m)  # a bad guide folder stops the run before anything is written
     # Every process composes the whole global batch (see make_featurizer).
     loader = data_lib.MixtureLoader.from_config(
         config.data, batch_size=config.batch_size, seed=config.seed, workdir=workdir
@@ -376,7 +487,8 @@ def train(
     state = distributed.replicate(fresh, replicated)
     featurize = make_featurizer(config, m, mesh)
 
-    train_step = make_train_step(config, m, mesh, optimizer)
+    guide_args = () if guide is None else (distributed.replicate(guide[1], replicated),)
+    train_step = make_train_step(config, m, mesh, optimizer, guide[0] if guide else None)
     evals: list[dict] = []
     evals_before: list[dict] = []
     if config.eval_before and start_step == 0:
@@ -429,6 +541,7 @@ def train(
             "grad_norm": float(rec["grad_norm"]),
             # the loss at each Matryoshka prefix width (loss.matryoshka_dims), when set
             **{k: float(v) for k, v in rec.items() if k.startswith("matryoshka_loss_")},
+            **({"guide_masked": float(rec["guide_masked"])} if "guide_masked" in rec else {}),
             "lr": float(schedule(int(rec["step"]) - 1)),
             "pairs_per_s": window["pairs"] / max(elapsed, 1e-9),
             "tokens_per_s": window["tokens"] / max(elapsed, 1e-9),
@@ -455,7 +568,7 @@ def train(
                 k: jax.make_array_from_process_local_data(batch_sharding, v)
                 for k, v in arrays.items()
             }
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, batch, *guide_args)
             step += 1
             watchdog.dispatched(step, metrics["loss"])
             event("step", step, state)

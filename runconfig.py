@@ -140,6 +140,12 @@ def _matryoshka_weights(v, c, n):
     return None
 
 
+def _guide(v, c, n):
+    if v not in ("", "init") and not os.path.isdir(v):
+        return f"{v!r} is not '', 'init' or a model folder"
+    return None
+
+
 def _sts_files(v, c, n):
     for path in v:  # read now: a bad score should stop the run before training, not after it
         if not os.path.exists(path):
@@ -211,6 +217,13 @@ FIELDS: dict[str, Field] = {
     # the loss, not the parameters: a resume may change them, as it may loss.scale
     "loss.matryoshka_dims": Field(CONTINUES, _matryoshka_dims),
     "loss.matryoshka_weights": Field(CONTINUES, _matryoshka_weights),
+    # The guide (GISTEmbed) is frozen, outside the checkpoints, and 'init' is the same start
+    # model on every resume: like loss.scale, a change only changes the loss from here on.
+    "loss.guide": Field(CONTINUES, _guide),
+    "loss.guide_margin": Field(CONTINUES, _at_least(0)),
+    "loss.guide_margin_strategy": Field(CONTINUES, _one_of(loss_lib.MARGIN_STRATEGIES)),
+    "loss.guide_contrast_anchors": Field(CONTINUES),
+    "loss.guide_contrast_positives": Field(CONTINUES),
     "eval.sts_files": Field(CONTINUES, _sts_files),
     "eval.retrieval_dirs": Field(CONTINUES, _retrieval_dirs),
     "eval.batch_size": Field(CONTINUES, _positive),

@@ -95,6 +95,14 @@ def base() -> ml_collections.ConfigDict:
     # e.g. (384, 192, 96, 48), so truncated embeddings work too (configs/matryoshka.py).
     c.loss.matryoshka_dims = ()  # prefix widths, each <= D; () = off
     c.loss.matryoshka_weights = ()  # one weight per matryoshka_dims entry; () = all 1.0
+    # GISTEmbed (Solatorio 2024): a frozen guide masks the candidates it scores above the
+    # anchor's own positive (probable false negatives). loss.guided_mnrl_loss; see
+    # docs/hard-negatives.md.
+    c.loss.guide = ""  # '' = off | 'init' (frozen copy of the starting params) | a model folder
+    c.loss.guide_margin = 0.0  # mask what the guide scores above positive - margin (see strategy)
+    c.loss.guide_margin_strategy = "absolute"  # absolute: pos - margin | relative: pos - |pos|*m
+    c.loss.guide_contrast_anchors = True  # with a guide: anchor-anchor candidates too (GISTEmbed)
+    c.loss.guide_contrast_positives = True  # with a guide: positive-positive candidates too
 
     c.eval = ml_collections.ConfigDict()
     c.eval.sts_files = (os.path.join(SAMPLE, "stsb", "dev.tsv.gz"),)  # STS TSVs (gzip if .gz)

@@ -1,5 +1,5 @@
 """Tests for loss.py: NumPy reference, sharded == single-device, negative alignment, GradCache,
-Matryoshka.
+Matryoshka, the guided (GISTEmbed) loss.
 
 Sharded tests run on the 8 fake CPU devices from conftest.py, on a 1-D mesh named `data`.
 """
@@ -573,6 +573,352 @@ class GradCacheTest(parameterized.TestCase):
         inputs = _token_batch(0, 16)
         with self.assertRaisesRegex(ValueError, "does not divide"):
             loss.cached_value_and_grad(None, _mnrl_on, {}, inputs, jax.random.key(0), 5)
+
+
+# ----------------------------------------------------------------------------- guided (GISTEmbed)
+
+# (similarity, symmetric, margin_strategy, margin, contrast_anchors, contrast_positives): the
+# sentence-transformers default first, then mixes of every option.
+GUIDED_OPTIONS = (
+    ("cosine", False, "absolute", 0.0, True, True),
+    ("cosine", True, "relative", 0.05, True, False),
+    ("dot", True, "absolute", 0.1, False, True),
+    ("cosine", False, "relative", 0.1, False, False),
+)
+GUIDED_LAYOUTS = {"pairs": (None, False), "k2_masked": (2, True)}
+
+
+def _guided_batch(seed: int, batch: int, num_negatives: int | None, masked: bool):
+    """Model embeddings far from saturating the softmax (noisy positives, negatives near their
+    anchor) and a guide that roughly agrees with them, so that it masks some candidates and
+    keeps others; one guide positive points away from its anchor (a negative threshold)."""
+    a, _, n, m = _random_batch(seed, batch, num_negatives, masked)
+    rng = np.random.default_rng(seed + 100)
+
+    def noise(*shape):
+        return rng.normal(size=shape) / np.sqrt(DIM)
+
+    p = (a + 1.5 * noise(*a.shape)).astype(np.float32)
+    if n is not None:
+        n = (0.7 * a[:, None] + noise(*n.shape)).astype(np.float32)
+
+    def noisy(x):
+        return None if x is None else (x + 0.6 * noise(*x.shape)).astype(np.float32)
+
+    ga, gp, gn = noisy(a), noisy(p), noisy(n)
+    gp[0] = -ga[0]
+    return (a, p, n, m), (ga, gp, gn)
+
+
+def reference_guided_loss(
+    anchor, positive, negative, mask, g_anchor, g_positive, g_negative, options, scale=20.0
+):
+    """Float64 NumPy GISTEmbed loss, row by row: (loss, accuracy, masked candidates per anchor).
+
+    sentence-transformers' GISTEmbedLoss semantics (candidate blocks: positives, anchors,
+    positives, negatives; masked where the guide's cosine exceeds the threshold), with a text
+    never its own negative and a missing negative never a candidate.
+    """
+    similarity, symmetric, strategy, margin, contrast_anchors, contrast_positives = options
+    f64 = lambda x: None if x is None else np.float64(x)  # noqa: E731
+    a, p, n, ga, gp, gn = map(f64, (anchor, positive, negative, g_anchor, g_positive, g_negative))
+
+    def cos(x, y):
+        return x @ y / (np.linalg.norm(x) * np.linalg.norm(y))
+
+    sim = cos if similarity == "cosine" else (lambda x, y: x @ y)
+
+    def cross_entropy(logits, target):
+        logits = np.asarray(logits)
+        top = logits.max()
+        return top + np.log(np.sum(np.exp(logits - top))) - logits[target]
+
+    batch = len(a)
+    negatives = [] if n is None else [(j, k) for j in range(batch) for k in range(n.shape[1])]
+    losses, hits, masked = [], [], []
+    for i in range(batch):
+        g_pos = cos(ga[i], gp[i])
+        threshold = g_pos - margin if strategy == "absolute" else g_pos - abs(g_pos) * margin
+        count = 0
+
+        def candidate(query, cand, g_query, g_cand, own=False, skip=False, threshold=threshold):
+            nonlocal count
+            if skip:
+                return -np.inf
+            if not own and cos(g_query, g_cand) > threshold:
+                count += 1
+                return -np.inf
+            return scale * sim(query, cand)
+
+        logits = [candidate(a[i], p[j], ga[i], gp[j], own=j == i) for j in range(batch)]
+        if contrast_anchors:
+            logits += [candidate(a[i], a[j], ga[i], ga[j], skip=j == i) for j in range(batch)]
+        if contrast_positives:
+            logits += [candidate(p[i], p[j], gp[i], gp[j], skip=j == i) for j in range(batch)]
+        for j, k in negatives:
+            missing = mask is not None and not mask[j, k]
+            logits.append(candidate(a[i], n[j, k], ga[i], gn[j, k], skip=missing))
+        loss = cross_entropy(logits, i)
+        hits.append(float(np.argmax(logits) == i))
+        masked.append(count)
+        if symmetric:
+            back = [candidate(p[i], a[j], gp[i], ga[j], own=j == i) for j in range(batch)]
+            loss = 0.5 * (loss + cross_entropy(back, i))
+        losses.append(loss)
+    return np.mean(losses), np.mean(hits), np.mean(masked)
+
+
+def _numeric_gradients(fn, arrays, h=1e-6):
+    """Central differences of a float64 scalar function, one entry at a time.
+
+    h = 1e-6: the scale-20 softmax curves sharply, so h = 1e-5 already leaves truncation errors
+    of ~1e-5 of the largest gradient; rounding stays ~1e-10 at 1e-6."""
+    grads = []
+    for index, x in enumerate(arrays):
+        if x is None:
+            grads.append(None)
+            continue
+        g = np.zeros(x.shape, np.float64)
+        for pos in np.ndindex(x.shape):
+            shifted = [np.float64(y) if y is not None else None for y in arrays]
+            shifted[index][pos] += h
+            up = fn(*shifted)
+            shifted[index][pos] -= 2 * h
+            g[pos] = (up - fn(*shifted)) / (2 * h)
+        grads.append(g)
+    return grads
+
+
+def _guided_loss_and_grads(a, p, n, m, ga, gp, gn, **kwargs):
+    """Loss, metrics and embedding gradients of guided_mnrl_loss for every GUIDED_OPTIONS."""
+    results = {}
+    for options in GUIDED_OPTIONS:
+        similarity, symmetric, strategy, margin, contrast_anchors, contrast_positives = options
+
+        def objective(a, p, n, options=options):
+            similarity, symmetric, strategy, margin, anchors, positives = options
+            return loss.guided_mnrl_loss(
+                a,
+                p,
+                n,
+                m,
+                guide_anchor_BxD=ga,
+                guide_positive_BxD=gp,
+                guide_negative_BxKxD=gn,
+                margin=margin,
+                margin_strategy=strategy,
+                contrast_anchors=anchors,
+                contrast_positives=positives,
+                similarity=similarity,
+                symmetric=symmetric,
+                **kwargs,
+            )
+
+        (value, metrics), grads = jax.value_and_grad(objective, (0, 1, 2), has_aux=True)(a, p, n)
+        results[str(options)] = (value, metrics, grads)
+    return results
+
+
+class GuidedLossTest(parameterized.TestCase):
+    @parameterized.parameters(*GUIDED_LAYOUTS)
+    def test_matches_numpy_reference_loss_and_gradients(self, layout):
+        # Scale 5: the guide removes the hardest candidates, and at scale 20 the few left give
+        # losses of ~1e-4, whose float32 log-sum-exp carries relative errors of ~1e-4.
+        (a, p, n, m), (ga, gp, gn) = _guided_batch(10, 5, *GUIDED_LAYOUTS[layout])
+        got = jit(functools.partial(_guided_loss_and_grads, scale=5.0))(a, p, n, m, ga, gp, gn)
+        for options in GUIDED_OPTIONS:
+            value, metrics, grads = got[str(options)]
+            msg = f"{layout} {options}"
+
+            def reference(a, p, n, options=options):
+                return reference_guided_loss(a, p, n, m, ga, gp, gn, options, scale=5.0)[0]
+
+            want_loss, want_accuracy, want_masked = reference_guided_loss(
+                a, p, n, m, ga, gp, gn, options, scale=5.0
+            )
+            # The guide really masks some candidates and leaves others.
+            self.assertGreater(want_masked, 0.5, msg)
+            np.testing.assert_allclose(value, want_loss, rtol=1e-5, err_msg=msg)
+            np.testing.assert_allclose(metrics["accuracy"], want_accuracy, rtol=1e-6, err_msg=msg)
+            np.testing.assert_allclose(metrics["guide_masked"], want_masked, rtol=1e-6, err_msg=msg)
+            want_grads = _numeric_gradients(reference, [a, p, n])
+            for name, g, w in zip("apn", grads, want_grads, strict=True):
+                if w is not None:  # float32 against float64 (entries up to ~1)
+                    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=f"{msg} d{name}")
+                    self.assertGreater(np.abs(w).max(), 1e-2)
+
+    @parameterized.parameters(*GUIDED_LAYOUTS)
+    def test_sharded_matches_single_device(self, layout):
+        """8 fake devices: candidates and guide embeddings gathered = the global batch."""
+        mesh = _mesh()
+        (a, p, n, m), guide = _guided_batch(11, DEVICES * LOCAL_BATCH, *GUIDED_LAYOUTS[layout])
+        want = jit(_guided_loss_and_grads)(a, p, n, m, *guide)
+        fn = jax.shard_map(
+            functools.partial(_guided_loss_and_grads, axis_name="data"),
+            mesh=mesh,
+            in_specs=P("data"),
+            out_specs={
+                str(o): (P(), {"accuracy": P(), "guide_masked": P()}, P("data"))
+                for o in GUIDED_OPTIONS
+            },
+        )
+        got = jit(fn)(*_shard(mesh, (a, p, n, m, *guide)))
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+    def test_a_guide_that_masks_nothing_gives_mnrl(self):
+        """Orthogonal guide vectors (positive cosine 1, everything else 0) mask no candidate:
+        without the anchor-anchor and positive-positive blocks the loss is mnrl_loss."""
+        a, p, n, m = _random_batch(12, 6, 2, True)
+        eye = np.eye(6 * 4, dtype=np.float32)
+        ga = gp = eye[:6]
+        gn = eye[6:].reshape(6, 3, 24)[:, :2]
+
+        @jit
+        def both(a, p, n):
+            out = {}
+            for symmetric in (False, True):
+                kw = dict(symmetric=symmetric)
+                guided = loss.guided_mnrl_loss(
+                    a,
+                    p,
+                    n,
+                    m,
+                    guide_anchor_BxD=ga,
+                    guide_positive_BxD=gp,
+                    guide_negative_BxKxD=gn,
+                    contrast_anchors=False,
+                    contrast_positives=False,
+                    **kw,
+                )
+                out[symmetric] = (guided, loss.mnrl_loss(a, p, n, m, **kw))
+            return out
+
+        for symmetric, ((value, metrics), (want, want_metrics)) in both(a, p, n).items():
+            np.testing.assert_allclose(value, want, rtol=1e-6, err_msg=f"symmetric={symmetric}")
+            self.assertEqual(float(metrics["accuracy"]), float(want_metrics["accuracy"]))
+            self.assertEqual(float(metrics["guide_masked"]), 0.0)
+
+    def test_unknown_margin_strategy_raises(self):
+        a, p, _, _ = _random_batch(13, 4, None, False)
+        with self.assertRaisesRegex(ValueError, "percent"):
+            loss.guided_mnrl_loss(
+                a, p, guide_anchor_BxD=a, guide_positive_BxD=p, margin_strategy="percent"
+            )
+
+
+def _guide_encoder() -> hk.Transformed:
+    """The tiny encoder, without dropout, as a frozen guide (its own params)."""
+    return _tiny_encoder(0.0)
+
+
+def _guided_on(embeddings, guide_embeddings, axis_name=None):
+    return loss.guided_mnrl_loss(
+        embeddings["anchor"],
+        embeddings["positive"],
+        embeddings["negative"],
+        guide_anchor_BxD=guide_embeddings["anchor"],
+        guide_positive_BxD=guide_embeddings["positive"],
+        guide_negative_BxKxD=guide_embeddings["negative"],
+        margin=0.02,
+        symmetric=True,
+        axis_name=axis_name,
+    )
+
+
+class GuidedGradCacheTest(parameterized.TestCase):
+    def _setup(self, batch=16):
+        inputs = _token_batch(0, batch)
+        model, guide = _tiny_encoder(0.0), _guide_encoder()
+        params = jit(model.init)(jax.random.key(0), inputs)
+        guide_params = jit(guide.init)(jax.random.key(7), inputs)
+
+        def embed_fn(p, x, rng):
+            return model.apply(p, rng, x)
+
+        def guide_fn(p, x):
+            return guide.apply(p, None, x)
+
+        return embed_fn, guide_fn, params, guide_params, inputs
+
+    def test_frozen_embeddings_chunked_equal_whole_and_carry_no_gradient(self):
+        _, guide_fn, _, guide_params, inputs = self._setup()
+
+        @jit
+        def run(gp):
+            whole = loss.frozen_embeddings(guide_fn, gp, inputs)
+            chunked = loss.frozen_embeddings(guide_fn, gp, inputs, chunk_size=4)
+            grad = jax.grad(
+                lambda q: jnp.sum(loss.frozen_embeddings(guide_fn, q, inputs, 4)["anchor"])
+            )(gp)
+            return whole, chunked, grad
+
+        whole, chunked, grad = run(guide_params)
+        chex.assert_trees_all_close(chunked, whole, rtol=1e-6, atol=1e-7)
+        for g in jax.tree.leaves(grad):
+            self.assertEqual(float(jnp.max(jnp.abs(g))), 0.0)
+
+    def test_cached_matches_plain(self):
+        embed_fn, guide_fn, params, guide_params, inputs = self._setup()
+        rng = jax.random.key(1)
+
+        @jit
+        def run(p, gp):
+            plain_guide = loss.frozen_embeddings(guide_fn, gp, inputs)
+            plain = jax.value_and_grad(
+                lambda q: _guided_on(embed_fn(q, inputs, rng), plain_guide), has_aux=True
+            )(p)
+            cached = {}
+            for size in (1, 4):
+                g = loss.frozen_embeddings(guide_fn, gp, inputs, chunk_size=size)
+                cached[size] = loss.cached_value_and_grad(
+                    embed_fn, lambda e, g=g: _guided_on(e, g), p, inputs, rng, size
+                )
+            return plain, cached
+
+        plain, cached = run(params, guide_params)
+        self.assertGreater(float(plain[0][1]["guide_masked"]), 0.5)  # the guide does mask
+        for size, got in cached.items():
+            with self.subTest(chunk_size=size):
+                assert_relative_close(got, plain)
+
+    def test_cached_with_cross_device_gather_matches_single_device(self):
+        mesh = _mesh()
+        embed_fn, guide_fn, params, guide_params, inputs = self._setup(DEVICES * LOCAL_BATCH * 2)
+        rng = jax.random.key(3)
+        whole_guide = loss.frozen_embeddings(guide_fn, guide_params, inputs)
+        want = jit(
+            jax.value_and_grad(
+                lambda q: _guided_on(embed_fn(q, inputs, rng), whole_guide), has_aux=True
+            )
+        )(params)
+
+        def local(p, gp, x):
+            out = []
+            for size in (None, 2):
+                g = loss.frozen_embeddings(guide_fn, gp, x, chunk_size=size)
+                out.append(
+                    loss.embedding_value_and_grad(
+                        embed_fn,
+                        lambda e, g=g: _guided_on(e, g, axis_name="data"),
+                        p,
+                        x,
+                        rng,
+                        cache_chunk_size=size,
+                        axis_name="data",
+                    )
+                )
+            return out
+
+        fn = jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=P()))
+        replicated = NamedSharding(mesh, P())
+        got = fn(
+            jax.device_put(params, replicated),
+            jax.device_put(guide_params, replicated),
+            _shard(mesh, inputs),
+        )
+        for size, result in zip((None, 2), got, strict=True):
+            with self.subTest(cache_chunk_size=size):
+                assert_relative_close(result, want)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,10 @@ def test_an_int_is_a_float_and_a_list_a_tuple():
         ("keep_checkpoints", 0, "must be > 0"),
         ("loss.matryoshka_dims", (32, 32), r"\(32, 32\) must be distinct positive ints"),
         ("loss.matryoshka_dims", (32, 0), "must be distinct positive ints"),
+        ("loss.guide", "/nonexistent/guide", "'/nonexistent/guide' is not '', 'init' or a model"),
+        ("loss.guide_margin_strategy", "percent", "'percent' not in"),
+        ("loss.guide_margin", -0.1, "-0.1 must be >= 0"),
+        ("loss.guide_margin", float("nan"), "nan must be >= 0"),
     ],
 )
 def test_validation_names_the_field(field, value, message):
@@ -202,6 +206,17 @@ def test_a_resume_may_change_the_matryoshka_loss(tmp_path):
     assert runconfig.check_resume(new, workdir) == {
         "loss.matryoshka_dims": ([], [32, 16]),
         "loss.matryoshka_weights": ([], [1.0, 0.5]),
+    }
+
+
+def test_a_resume_may_change_the_guide(tmp_path):
+    """The guide is frozen and never checkpointed ('init' is the start model on every resume):
+    turning it on, off or changing its margin only changes the loss from the resume on."""
+    workdir = _workdir(tmp_path, base.get_config("smoke"))
+    new = base.get_config("smoke,loss.guide=init,loss.guide_margin=0.05")
+    assert runconfig.check_resume(new, workdir) == {
+        "loss.guide": ("", "init"),
+        "loss.guide_margin": (0.0, 0.05),
     }
 
 
