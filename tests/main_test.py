@@ -13,6 +13,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import checkpoint
 import convert
@@ -20,6 +21,7 @@ import main
 import model_card
 import runconfig
 from configs import base
+from tools import record_loss_trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -391,6 +393,8 @@ def test_config_flag_passes_tuples_through(tmp_path):
         ("dot_product", "loss.similarity", "dot"),
         ("no_hard_negatives", "data.max_negatives", 0),
         ("matryoshka", "loss.matryoshka_dims", (384, 192, 96, 48)),
+        ("guided", "loss.guide", base._reference_model_dir()),
+        ("mined_negatives", "data.max_negatives", 3),
     ],
 )
 def test_ablation_configs_change_their_field(name, field, value):
@@ -423,3 +427,63 @@ def test_random_init_and_import_agree_on_the_family_defaults(tmp_path, family):
     assert m.pad_id == 0
     out = convert.export_model(m, str(tmp_path / family))
     assert convert.load_model(out).config == m.config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", sorted(record_loss_trace.RUNS))
+def test_guide_off_is_bit_identical_to_before_the_guide(tmp_path, run):
+    """loss.guide = '' reproduces, bit for bit, the losses, gradient norms and final params that
+    the code before the guided loss produced (tools/record_loss_trace.py made the trace)."""
+    with open(os.path.join(ROOT, "tests", "fixtures", "smoke_loss_trace.json")) as f:
+        want = json.load(f)["runs"][run]
+    got = record_loss_trace.trace(record_loss_trace.RUNS[run], str(tmp_path))
+    assert got == want
+
+
+@pytest.mark.slow
+def test_guided_run_resumes_exactly_with_the_initial_guide(tmp_path):
+    """loss.guide='init' is the starting model also after a resume: a run resumed from its
+    step-2 checkpoint ends with the same params as the straight run. The guide's params are
+    no part of the checkpoint."""
+    c = smoke(**{"loss.guide": "init", "total_steps": 4, "checkpoint_every": 2})
+    c.compilation_cache_dir = ""
+    straight = main.train(c, str(tmp_path))
+    assert straight["last"]["guide_masked"] > 0  # the guide masks in-batch candidates
+    records = [json.loads(x) for x in open(tmp_path / "metrics.jsonl") if '"loss"' in x]
+    assert all("guide_masked" in r for r in records)
+    ckpt = tmp_path / checkpoint.CHECKPOINTS
+    names = set(safetensors.numpy.load_file(str(ckpt / f"{2:09d}" / "model" / "model.safetensors")))
+    plain = smoke(total_steps=2, checkpoint_every=2)
+    plain.compilation_cache_dir = ""
+    main.train(plain, str(tmp_path / "plain"))
+    plain_file = tmp_path / "plain" / checkpoint.CHECKPOINTS / f"{2:09d}" / "model"
+    plain_file = plain_file / "model.safetensors"
+    assert names == set(safetensors.numpy.load_file(str(plain_file)))
+    shutil.rmtree(ckpt / f"{4:09d}")
+    resumed = main.train(c, str(tmp_path))
+    chex.assert_trees_all_equal(resumed["params"], straight["params"])
+
+
+@pytest.mark.slow
+def test_guide_from_a_model_folder(tmp_path):
+    """Any model with the same tokenizer guides (here all-MiniLM-L6-v2 guides the tiny model);
+    another vocabulary is an error naming the field."""
+    c = smoke(**{"loss.guide": base._reference_model_dir(), "total_steps": 2})
+    c.compilation_cache_dir = ""
+    out = main.train(c, str(tmp_path / "run"))
+    assert np.isfinite(out["last"]["loss"]) and out["last"]["guide_masked"] > 0
+    other = smoke(**{"loss.guide": os.path.join(ROOT, "tests", "fixtures", "tiny_roberta")})
+    with pytest.raises(
+        runconfig.ConfigError, match="config field loss.guide: .* another tokenizer"
+    ):
+        main.train(other, str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()  # refused before anything was written
+
+
+def test_scifact_mined_reads_the_mined_folder():
+    from configs import scifact, scifact_mined
+
+    c, plain = scifact_mined.get_config(), scifact.get_config()
+    assert c.data.dir == scifact_mined.MINED_DIR != plain.data.dir
+    assert (c.data.max_negatives, plain.data.max_negatives) == (1, 0)
+    assert c.total_steps == plain.total_steps and c.batch_size == plain.batch_size
