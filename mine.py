@@ -24,8 +24,9 @@ Where ours differs from sentence-transformers (all documented in docs/hard-negat
   input order; a pair with fewer than K negatives left keeps what it has (counted; theirs drops
   it in "n-tuple" format; `--keep_incomplete=false` does that). `--output_format=triplet` writes
   one `[anchor, positive, negative]` line per negative, as theirs does by default. Duplicate input
-  pairs stay duplicates (theirs merges them). `--query_prompt`/`--corpus_prompt` are strings only
-  (no prompt names).
+  pairs stay duplicates (theirs merges them). `--output_scores` writes `{"query", "pos": [p],
+  "neg": [...], "scores": [positive, negatives...]}` lines (a format the loader reads; theirs adds
+  a scores column). `--query_prompt`/`--corpus_prompt` are strings only (no prompt names).
 - `random` draws from NumPy's generator seeded with `--seed` (theirs: Python's global `random`).
 - Ties exactly equal in score are broken by corpus order (theirs: torch.topk's order).
 - No cross-encoder rescoring, no FAISS: exact search only.
@@ -421,19 +422,42 @@ def mine(
 
 
 def output_lines(
-    pairs: Pairs, mined: Mined, num_negatives: int, output_format: str, keep_incomplete: bool
-) -> list[list[str]]:
-    """The output lines: n-tuples, or one triplet per negative (a pair without any: [a, p])."""
+    pairs: Pairs,
+    mined: Mined,
+    num_negatives: int,
+    output_format: str,
+    keep_incomplete: bool,
+    output_scores: bool = False,
+) -> list:
+    """The output lines: n-tuples, or one triplet per negative (a pair without any: [a, p]).
+
+    With `output_scores`, each line is `{"query": a, "pos": [p], "neg": [...], "scores": [pos,
+    neg...]}` instead (the loader reads that format too; the scores are ignored there).
+    """
     lines = []
-    for a, p, negs in zip(pairs.anchors, pairs.positives, mined.negatives, strict=True):
+    for a, p, negs, neg_scores, pos in zip(
+        pairs.anchors,
+        pairs.positives,
+        mined.negatives,
+        mined.negative_scores,
+        mined.positive_scores.tolist(),
+        strict=True,
+    ):
         if output_format == "triplet" and negs:
-            lines += [[a, p, n] for n in negs]
+            groups = [([n], [s]) for n, s in zip(negs, neg_scores, strict=True)]
         elif len(negs) == num_negatives or keep_incomplete:
-            lines.append([a, p, *negs])
+            groups = [(negs, neg_scores)]
+        else:
+            continue
+        for n, s in groups:
+            if output_scores:
+                lines.append({"query": a, "pos": [p], "neg": n, "scores": [pos, *s]})
+            else:
+                lines.append([a, p, *n])
     return lines
 
 
-def write_jsonl_gz(path: str, lines: Sequence[list[str]]) -> None:
+def write_jsonl_gz(path: str, lines: Sequence) -> None:
     """gzip without file name or time (the same bytes every run), written then renamed."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -565,7 +589,9 @@ def main(argv: Sequence[str]) -> None:
         )
     except (MiningError, convert.ModelFolderError) as e:
         sys.exit(f"error: {e}")
-    lines = output_lines(pairs, mined, f.num_negatives, f.output_format, f.keep_incomplete)
+    lines = output_lines(
+        pairs, mined, f.num_negatives, f.output_format, f.keep_incomplete, f.output_scores
+    )
     write_jsonl_gz(f.out, lines)
     summary = summarize(pairs, mined, settings, len(lines))
     summary.update(model=f.model, data=f.data, corpus=f.corpus, out=f.out)
@@ -594,5 +620,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("batch_size", 64, "texts per encoding batch")
     flags.DEFINE_enum("output_format", "n-tuple", ["n-tuple", "triplet"], "line layout")
     flags.DEFINE_bool("keep_incomplete", True, "keep pairs with fewer than K negatives")
+    flags.DEFINE_bool("output_scores", False, 'lines {"query", "pos", "neg", "scores"} instead')
     flags.mark_flags_as_required(["model", "data", "out"])
     app.run(main)

@@ -5,7 +5,7 @@
         --data=sample_data/retrieval/scifact_train/scifact_train_pairs.jsonl.gz \
         --corpus=sample_data/retrieval/scifact/corpus.jsonl.gz \
         --out=runs/scifact_mined_data/scifact_train_mined.jsonl.gz \
-        --num_negatives=3 --range_max=50 --relative_margin=0.05
+        --num_negatives=3 --range_max=50 --relative_margin=0.05 --output_scores
     python main.py --config=configs/scifact_mined.py --workdir=runs/scifact_mined
     python evaluate.py --model=runs/scifact_mined --retrieval=sample_data/retrieval/scifact
 

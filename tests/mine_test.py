@@ -209,6 +209,14 @@ def test_output_lines_keep_or_drop_incomplete_pairs():
         ["b", "q", "n3"],
     ]
     assert mine.output_lines(pairs, mined, 2, "n-tuple", False) == [["a", "p", "n1", "n2"]]
+    assert mine.output_lines(pairs, mined, 2, "n-tuple", False, output_scores=True) == [
+        {"query": "a", "pos": ["p"], "neg": ["n1", "n2"], "scores": [0.0, 0.5, 0.4]}
+    ]
+    with_scores = mine.output_lines(pairs, mined, 2, "n-tuple", True, output_scores=True)
+    assert [sources.parse_line(json.dumps(x).encode()) for x in with_scores] == [
+        ("a", "p", "n1", "n2"),
+        ("b", "q", "n3"),
+    ]
     assert mine.output_lines(pairs, mined, 2, "triplet", True) == [
         ["a", "p", "n1"],
         ["a", "p", "n2"],

@@ -1,5 +1,5 @@
 """Packed sequences: placement, no text lost, and packed == unpacked embeddings, gradients and
-training losses (1 and 8 fake devices, with GradCache)."""
+training losses (1 and 8 fake devices, with GradCache, with the guided loss)."""
 
 import gzip
 import itertools
@@ -281,3 +281,30 @@ def test_encode_rows_put_each_text_in_its_segment():
         for i, r, s in zip(b.index, b.row, b.slot, strict=True):
             np.testing.assert_array_equal(ids_RxL[r][seg_RxL[r] == s + 1], token_ids[i])
         assert (ids_RxL[seg_RxL == 0] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def guided_plain_run(tmp_path_factory):
+    """The guided reference: loss.guide='init', one text per row, one device, no GradCache."""
+    tmp = tmp_path_factory.mktemp("guided_plain")
+    return _run(tmp, "gplain1", jax.devices()[:1], **{"data.packing": False, "loss.guide": "init"})
+
+
+@pytest.mark.slow
+def test_guided_training_packed_and_cached_equal_unpacked(tmp_path, guided_plain_run):
+    """The guide embeds packed rows (segments) and, with GradCache, chunk by chunk; on 8 devices
+    its scores span the gathered batch: the losses are the unpacked single-device ones."""
+    l_plain, p_plain = guided_plain_run
+    l_pack8, p_pack8 = _run(
+        tmp_path, "gpack8", None, **{"data.packing": True, "loss.guide": "init"}
+    )
+    l_cache, p_cache = _run(
+        tmp_path,
+        "gcache",
+        None,
+        **{"data.packing": True, "loss.guide": "init", "loss.cache_chunk_size": 2},
+    )
+    np.testing.assert_allclose(l_pack8, l_plain, atol=1e-5)
+    np.testing.assert_allclose(l_cache, l_plain, atol=1e-5)
+    chex.assert_trees_all_close(p_pack8, p_plain, atol=1e-5)
+    chex.assert_trees_all_close(p_cache, p_plain, atol=1e-4)  # see the GradCache test above
