@@ -7,7 +7,9 @@ gathered across devices (`mnrl_loss(..., axis_name="data")` inside `jax.shard_ma
 that does not fit in memory is embedded in chunks whose activations are recomputed on the
 backward pass (`cached_value_and_grad`, GradCache by Gao et al. 2021). `matryoshka_loss` wraps
 the ranking loss so that every prefix of the embedding is trained as an embedding of its own
-(Matryoshka representation learning, Kusupati et al. 2022).
+(Matryoshka representation learning, Kusupati et al. 2022). `guided_mnrl_loss` is the same loss
+with GISTEmbed's guided masking: a frozen guide's embeddings of the batch (`frozen_embeddings`,
+no gradient) mask the candidates it scores above the anchor's positive.
 
 Shapes: B examples (local to one device inside shard_map), D embedding width, K hard negatives
 per example, G devices on the `data` axis, N candidates (G*B positives then G*B*K negatives),

@@ -66,7 +66,7 @@ import convert
 import evaluate
 import sources
 
-QUERY_CHUNK = 1024  # anchors per exact search: chunk x evaluate.SEARCH_CHUNK scores in memory
+QUERY_CHUNK = 256  # anchors per search: with evaluate.SEARCH_CHUNK, ~0.3 GB of scores at once
 ENCODE_BLOCK = 1024  # texts tokenized at once (a million never sit tokenized whole); bar steps
 FILTERS = ("absolute_margin", "relative_margin", "max_score", "min_score")
 _SUFFIXES = (".jsonl", ".jsonl.gz")
