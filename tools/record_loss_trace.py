@@ -2,9 +2,10 @@
 
 tests/main_test.py::test_guide_off_is_bit_identical_to_before_the_guide runs the same with the
 current code (loss.guide = '') and requires every bit to match the trace recorded from the
-commit before the guided loss existed:
+commit the guided loss is based on (main at 2c33509; first recorded from 8f23482, re-recorded
+after the rebase onto main, whose model.attention (09422a7) changed the last bits):
 
-    git -C /work/main worktree add /tmp/base 8f23482
+    git -C /work/main worktree add --detach /tmp/base 2c33509
     python tools/record_loss_trace.py --repo=/tmp/base \
         --out=tests/fixtures/smoke_loss_trace.json
 
