@@ -273,11 +273,16 @@ def _make_guided_train_step(config, m, mesh, optimizer, guide):
         ids, segments = rows["ids_GRxL"], rows["segments_GRxL"]
         return guide_embed.apply(model_lib.cast_params(params, dtype), None, ids, segments, False)
 
+    # Matryoshka composes: every prefix is masked by the guide's full-width similarities.
+    ranking_loss = loss_lib.matryoshka_loss(
+        loss_lib.guided_mnrl_loss, lc.matryoshka_dims, lc.matryoshka_weights
+    )
+
     def loss_fn(batch, emb_RxSxD, guide_RxSxD):
         emb_BxCxD = emb_RxSxD[batch["row_BxC"], batch["slot_BxC"]]
         g_BxCxD = guide_RxSxD[batch["row_BxC"], batch["slot_BxC"]]
         has_negatives = emb_BxCxD.shape[1] > 2
-        return loss_lib.guided_mnrl_loss(
+        return ranking_loss(
             emb_BxCxD[:, 0],
             emb_BxCxD[:, 1],
             emb_BxCxD[:, 2:] if has_negatives else None,

@@ -465,6 +465,18 @@ def test_guided_run_resumes_exactly_with_the_initial_guide(tmp_path):
 
 
 @pytest.mark.slow
+def test_guided_matryoshka_run_trains_every_prefix(tmp_path):
+    """loss.guide and loss.matryoshka_dims compose: the guided step ranks every prefix (per-prefix
+    losses logged) and the guide still masks."""
+    c = smoke(**{"loss.guide": "init", "loss.matryoshka_dims": (32, 16), "total_steps": 2})
+    c.compilation_cache_dir = ""
+    last = main.train(c, str(tmp_path))["last"]
+    assert last["guide_masked"] > 0
+    assert {"matryoshka_loss_32", "matryoshka_loss_16"} <= set(last)
+    assert last["loss"] == pytest.approx(last["matryoshka_loss_32"] + last["matryoshka_loss_16"])
+
+
+@pytest.mark.slow
 def test_guide_from_a_model_folder(tmp_path):
     """Any model with the same tokenizer guides (here all-MiniLM-L6-v2 guides the tiny model);
     another vocabulary is an error naming the field. With margin 0 all-MiniLM-L6-v2 masks
