@@ -81,7 +81,7 @@ def test_trained_card_has_every_fact(ref):
         'base_model: "all-MiniLM-L6-v2"',
         "- loss:MatryoshkaLoss",
         "# x\n",
-        f"- **Base model:** all-MiniLM-L6-v2 (`{REF_DIR}`)",
+        f"- **Base model:** all-MiniLM-L6-v2 (`{model_card._rel(REF_DIR)}`)",
         "- **Output Dimensionality:** 384 dimensions",
         "- **Matryoshka dimensions:** 384, 192, 96, 48",
         '`query`: "query: ", `document`: "passage: "',
@@ -126,7 +126,7 @@ def test_export_writes_the_card_or_keeps_the_source_readme(ref, tmp_path):
     out = convert.export_model(bare, str(tmp_path / "bare"))
     with open(os.path.join(out, "README.md")) as f:
         card = f.read()
-    assert f"- **Exported from:** `{REF_DIR}`" in card and "## Usage" in card
+    assert f"- **Exported from:** `{model_card._rel(REF_DIR)}`" in card and "## Usage" in card
     assert "## Training Details" not in card
     c = base.get_config("smoke")
     trained = dataclasses.replace(ref, card_info=_facts(c, ref))
@@ -134,3 +134,12 @@ def test_export_writes_the_card_or_keeps_the_source_readme(ref, tmp_path):
     with open(os.path.join(out, "README.md")) as f:
         assert "## Training Details" in f.read()
     assert convert.load_model(out).readme is not None  # read back, re-exported as it is
+
+
+def test_paths_inside_the_repository_are_shown_relative_to_it():
+    """Cards carry no machine-specific prefix for the repository's own files (a CI virtualenv in
+    .venv/ included); paths elsewhere stay absolute."""
+    inside = os.path.join(model_card.ROOT, "runs", "demo", "export")
+    assert model_card._rel(inside) == os.path.join("runs", "demo", "export")
+    assert model_card._rel("/elsewhere/model") == "/elsewhere/model"
+    assert model_card._rel("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
