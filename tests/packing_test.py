@@ -193,8 +193,12 @@ def test_training_packed_equals_unpacked_on_1_and_8_devices(tmp_path, plain_run)
     l_pack8, p_pack8 = _run(tmp_path, "pack8", None, **{"data.packing": True})
     np.testing.assert_allclose(l_pack1, l_plain1, atol=1e-5)
     np.testing.assert_allclose(l_pack8, l_plain1, atol=1e-5)
-    chex.assert_trees_all_close(p_pack1, p_plain1, atol=1e-5)
-    chex.assert_trees_all_close(p_pack8, p_plain1, atol=1e-5)
+    # Params after 3 Adam steps: Adam divides by sqrt(v), so a word-embedding entry with a tiny
+    # gradient turns rounding-level differences into update-level ones. Since the attention
+    # rewrite (09422a7) 1 of 976,704 entries differs by 2.5e-5 (losses still within 1e-5); the
+    # GradCache test below allows 1e-4 for its params.
+    chex.assert_trees_all_close(p_pack1, p_plain1, atol=5e-5)
+    chex.assert_trees_all_close(p_pack8, p_plain1, atol=5e-5)
 
 
 @pytest.mark.slow
