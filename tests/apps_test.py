@@ -45,6 +45,7 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+@pytest.mark.slow  # a CLI run of the full-size reference model
 def test_embed_writes_float32_rows_in_line_order(ref, tmp_path, capsys):
     lines = [
         "a much longer sentence than the others, with many more tokens in it than the rest",
@@ -63,6 +64,7 @@ def test_embed_writes_float32_rows_in_line_order(ref, tmp_path, capsys):
     np.testing.assert_allclose(emb, single, atol=1e-5)
 
 
+@pytest.mark.slow  # a CLI run of the full-size reference model
 def test_similarity_ranks_by_cosine(ref, tmp_path, capsys):
     source = "A man is eating food."
     others = ["A man is riding a horse.", "A man is eating a piece of bread.", "A cat sleeps."]
@@ -117,6 +119,7 @@ CORPUS = [
 ]
 
 
+@pytest.mark.slow  # a CLI run of the full-size reference model
 def test_search_index_and_query(ref, tmp_path, capsys):
     src, index = _write(tmp_path / "corpus.txt", CORPUS), str(tmp_path / "index")
     meta = json.loads(
@@ -157,6 +160,7 @@ def test_search_index_and_query(ref, tmp_path, capsys):
     assert [row[0]["id"] for row in hits] == ["4", "2"]
 
 
+@pytest.mark.slow  # a CLI run of the full-size reference model
 def test_search_refuses_another_model(ref, tmp_path, capsys):
     index = str(tmp_path / "index")
     apps.index_corpus(ref, _write(tmp_path / "c.txt", CORPUS), index)
@@ -283,6 +287,7 @@ def test_bias_template_errors_name_file_and_line(tmp_path):
             bias.read_bias_templates(folder(name, occupations, templates))
 
 
+@pytest.mark.slow  # a CLI run of the full-size reference model
 def test_bias_matches_a_direct_computation(ref, tmp_path, capsys):
     folder = tmp_path / "bias"
     folder.mkdir()
@@ -339,6 +344,7 @@ def test_usage_errors_come_before_loading_a_model(capsys):
         _cli(capsys, "similarity", "--model=/does/not/exist", "a", "b")
 
 
+@pytest.mark.slow  # a CLI run of the full-size reference model
 def test_prompts_and_truncation_reach_every_command(ref, tmp_path, capsys):
     """qa: query prompt on the question, document prompt on the answers; search: the same, the
     index at --truncate_dim width; similarity: the default prompt, cosine of the prefixes."""

@@ -100,7 +100,14 @@ def _encode_fixed_batches(m, texts, batch_size=8):
 FAMILY_DIRS = [os.path.join(ROOT, "tests", "fixtures", f"tiny_{f}") for f in FAMILIES]
 
 
-@pytest.mark.parametrize("folder", [REF_DIR, *FAMILY_DIRS], ids=["minilm", *FAMILIES])
+# The quick loop keeps one family (bert); the full-size model and the other families are slow.
+_BUDGET_FOLDERS = [
+    pytest.param(d, id=name, marks=() if name == "bert" else pytest.mark.slow)
+    for d, name in zip([REF_DIR, *FAMILY_DIRS], ["minilm", *FAMILIES], strict=True)
+]
+
+
+@pytest.mark.parametrize("folder", _BUDGET_FOLDERS)
 def test_token_budget_batching_leaves_embeddings_unchanged(folder):
     # Packed short texts, budget-sized calls and rows split over devices give the embeddings
     # that fixed batches of one text per row gave (the parity fixtures' texts: 3 to 256 tokens).

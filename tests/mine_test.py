@@ -273,6 +273,7 @@ def test_cli_writes_what_the_loader_reads_and_the_same_bytes_twice(tmp_path):
         assert e[:2] == (a, p)
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_names_the_bad_flag(tmp_path):
     data = tmp_path / "pairs.jsonl.gz"
     _write_gz(data, [["a", "b"]])

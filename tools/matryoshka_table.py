@@ -7,11 +7,12 @@ Each file is the output of
     python evaluate.py --model=MODEL --sts=sample_data/stsb/dev.tsv.gz \
         --retrieval=sample_data/retrieval/scifact --truncate_dim=384,192,96,48
 
-for the reference model (eval_base.jsonl) and the exports of configs/scifact.py and
-configs/scifact_matryoshka.py, seeds 0 and 1 (eval_scifact_s0.jsonl, eval_scifact_matryoshka_s1
-.jsonl, ...). Prints a Markdown table: per width, SciFact test nDCG@10 and STS-B dev Spearman,
-mean ± std (sample std, ddof=1) over the seeds, and each as a percentage of the same model's
-full-width score. Exits 1 naming the file if one is missing, empty or lacks a width.
+for the exports of configs/scifact.py and configs/scifact_matryoshka.py, seeds 0 and 1
+(eval_scifact_s0.jsonl, eval_scifact_matryoshka_s1.jsonl, ...), and the reference model
+(eval_base.jsonl; its row is left out when that file is absent). Prints a Markdown table: per
+width, SciFact test nDCG@10 and STS-B dev Spearman, mean ± std (sample std, ddof=1) over the
+seeds, and each as a percentage of the same model's full-width score. Exits 1 naming the file
+if one is missing, empty or lacks a width.
 """
 
 import json
@@ -57,6 +58,8 @@ def table(runs: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, label in ROWS:
+        if name == "base" and not os.path.exists(os.path.join(runs, "eval_base.jsonl")):
+            continue
         files = (
             [f"eval_{name}.jsonl"] if name == "base" else [f"eval_{name}_s{s}.jsonl" for s in SEEDS]
         )
