@@ -67,8 +67,9 @@ def test_every_text_is_placed_with_its_tokens(tokenizer, examples, pack):
     seg = arrays["segments_GRxL"].reshape(ids.shape)
     if pack:
         assert ids.shape[1] in packing.row_sizes(4 * 3)
-    for b, ex in enumerate(examples):
-        g = b // 4  # 16 examples over 4 devices
+    assert sorted(arrays["example_B"]) == list(range(len(examples)))  # each example once
+    for b, i in enumerate(arrays["example_B"]):
+        ex, g = examples[i], b // 4  # 16 examples over 4 devices, in device order
         for c in range(3):
             assert arrays["valid_BxC"][b, c] == (c < len(ex))
             if c < len(ex):
@@ -95,13 +96,15 @@ def test_prompts_prefix_each_column_within_the_length(tokenizer, examples, pack)
     )
     ids = arrays["ids_GRxL"].reshape(4, -1, arrays["ids_GRxL"].shape[-1])
     seg = arrays["segments_GRxL"].reshape(ids.shape)
-    for b, ex in enumerate(examples):
+    for b, i in enumerate(arrays["example_B"]):
+        ex = examples[i]
         for c in range(len(ex)):
             r, s = arrays["row_BxC"][b, c], arrays["slot_BxC"][b, c]
             got = ids[b // 4, r][seg[b // 4, r] == s + 1].tolist()
             assert got == tokenizer.encode(prompts[c] + ex[c]).ids[:64], (b, c)
-    r, s = arrays["row_BxC"][0, 1], arrays["slot_BxC"][0, 1]
-    assert (seg[0, r] == s + 1).sum() == 64  # the long positive: prompt + text cut at 64
+    long = list(arrays["example_B"]).index(0)
+    r, s = arrays["row_BxC"][long, 1], arrays["slot_BxC"][long, 1]
+    assert (seg[long // 4, r] == s + 1).sum() == 64  # the long positive: prompt + text cut at 64
     with pytest.raises(ValueError, match="2 prompts for 3 columns"):
         kw = dict(num_devices=4, max_seq_len=64, max_negatives=1, pad_id=0)
         packing.featurize(examples, tokenizer, **kw, prompts=prompts[:2])
@@ -161,8 +164,35 @@ def test_packed_embeddings_equal_unpacked(tokenizer, examples):
     assert packed["ids_GRxL"].size < plain["ids_GRxL"].size * 64 / plain["ids_GRxL"].shape[1]
     a = _embed_examples(params, cfg, packed, 8, 2)
     b = _embed_examples(params, cfg, plain, 1, 2)
+    np.testing.assert_array_equal(plain["example_B"], np.arange(len(examples)))  # input order
+    b = b[packed["example_B"]]  # the packed batch is in its balanced device order
     valid = packed["valid_BxC"]
     np.testing.assert_allclose(a[valid], b[valid], atol=1e-5)
+
+
+def test_balanced_order_gives_equal_shares_of_about_equal_load():
+    loads = [5] * 8 + [40] * 8  # a batch from two datasets: short texts first, long ones last
+    order = packing.balanced_order(loads, 2)
+    assert sorted(order) == list(range(16))
+    shares = [sum(loads[i] for i in order[:8]), sum(loads[i] for i in order[8:])]
+    assert shares == [180, 180]  # in input order: 40 against 320
+    assert order[:8] == sorted(order[:8]) and order[8:] == sorted(order[8:])
+    assert packing.balanced_order(loads, 1) == list(range(16))
+    assert packing.balanced_order([3, 1, 2, 2], 2) == [0, 1, 2, 3]  # 3+1 against 2+2
+
+
+def test_two_dataset_batch_packs_as_tightly_over_devices_as_on_one(tokenizer):
+    """The halves of a two-dataset batch differ in length; each device gets both kinds, so the
+    rows per device are about half of one device's (they were the long half's alone)."""
+    short = [(f"q {i}", f"a {i}") for i in range(8)]
+    long = [(" ".join(["word"] * 30) + f" {i}", " ".join(["text"] * 30)) for i in range(8)]
+    kw = dict(max_seq_len=64, max_negatives=0, pad_id=0, max_segments=8)
+    one = packing.featurize(short + long, tokenizer, num_devices=1, **kw)
+    two = packing.featurize(short + long, tokenizer, num_devices=2, **kw)
+    rows_one, rows_two = len(one["ids_GRxL"]), len(two["ids_GRxL"]) // 2
+    assert rows_two <= rows_one // 2 + 1, (rows_one, rows_two)
+    per_device = two["example_B"].reshape(2, 8)
+    assert all(sum(i >= 8 for i in share) == 4 for share in per_device)  # 4 long on each
 
 
 def _run(tmp_path, name, devices=None, **overrides):
