@@ -271,8 +271,11 @@ def run_cell(run_dir: str) -> None:
         import jax  # only the cell's own process starts JAX
 
         import convert
+        import distributed
         import evaluate
         import main
+
+        distributed.use_host_devices()  # as main.py: a CPU device per core, before any computation
 
         if config.compilation_cache_dir:
             jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)

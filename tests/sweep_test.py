@@ -91,6 +91,26 @@ def test_a_changed_cell_definition_is_an_error(tmp_path):
         sweep.check_spec(changed)
 
 
+def test_a_cell_trains_on_the_devices_main_py_would_use(tmp_path, monkeypatch):
+    """run_cell splits the CPU into host devices as main.py does (before JAX computes), so a
+    sweep's cell trains and evaluates as the same config run by main.py does."""
+    import distributed
+
+    (run,) = _runs(tmp_path, sweep.parse_cells("a:"), seeds=(0,))
+    sweep.check_spec(run)
+
+    class Called(Exception):
+        pass
+
+    def use_host_devices(*args, **kwargs):
+        raise Called
+
+    monkeypatch.setattr(distributed, "use_host_devices", use_host_devices)
+    with pytest.raises(Called):
+        sweep.run_cell(run.dir)
+    assert not os.path.exists(os.path.join(run.dir, "metrics.jsonl"))  # before any training
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
