@@ -110,10 +110,18 @@ def load_config_module(path: str):
     return module
 
 
+def portable(path: str) -> str:
+    """A config file's path as a spec holds it: relative to the checkout when inside it, so that
+    a run's records (cell.json, result.json) define the same cell in any clone."""
+    path = os.path.abspath(os.path.join(ROOT, path))
+    inside = os.path.commonpath([path, ROOT]) == ROOT
+    return os.path.relpath(path, ROOT) if inside else path
+
+
 def resolve_config(spec: dict[str, Any]) -> ml_collections.ConfigDict:
     """A run's config: CONFIG[:ARGS], then the cell's overrides, the seed, the eval tasks."""
     path, _, arg = spec["config"].partition(":")
-    config = load_config_module(path).get_config(arg or None)
+    config = load_config_module(os.path.join(ROOT, path)).get_config(arg or None)
     try:
         base.apply_arg(config, spec["overrides"])
     except ValueError as e:
@@ -153,7 +161,7 @@ def build_runs(
     if clash:
         raise SweepError(f"cells {clash} map to the same folder name; rename one")
     path, colon, arg = config.partition(":")
-    config = os.path.abspath(path) + colon + arg
+    config = portable(os.path.abspath(path)) + colon + arg
     for p in evals or ():
         if not os.path.exists(p):
             raise SweepError(f"--eval: {p!r} does not exist")
@@ -193,6 +201,9 @@ def check_spec(run: Run) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
+        if isinstance(old.get("config"), str):  # records of before: absolute paths
+            file, colon, arg = old["config"].partition(":")
+            old["config"] = portable(file) + colon + arg
         diff = {k: (old.get(k), run.spec[k]) for k in _DEFINING if old.get(k) != run.spec[k]}
         if diff:
             raise SweepError(

@@ -82,6 +82,25 @@ def test_bad_sweeps_fail_before_training_naming_the_cell(tmp_path):
         _runs(tmp_path, sweep.parse_cells("a:"), evals=["/no/such/file.tsv"])
 
 
+def test_records_define_the_same_cell_in_another_clone(tmp_path):
+    """cell.json holds the config relative to the checkout: a clone elsewhere, given a finished
+    run's records, sees the same cell; an absolute path inside this checkout means it too."""
+    (run,) = _runs(tmp_path, sweep.parse_cells("a:"), seeds=(0,))
+    assert run.spec["config"] == "configs/base.py:smoke"
+    sweep.check_spec(run)
+    with open(os.path.join(run.dir, sweep.SPEC)) as f:
+        spec = json.load(f)
+    spec["config"] = os.path.join(ROOT, "configs", "base.py") + ":smoke"  # as recorded before
+    with open(os.path.join(run.dir, sweep.SPEC), "w") as f:
+        json.dump(spec, f)
+    sweep.check_spec(run)
+    spec["config"] = "/elsewhere/configs/base.py:smoke"  # another file: another cell
+    with open(os.path.join(run.dir, sweep.SPEC), "w") as f:
+        json.dump(spec, f)
+    with pytest.raises(sweep.SweepError, match="different definition"):
+        sweep.check_spec(run)
+
+
 def test_a_changed_cell_definition_is_an_error(tmp_path):
     (run,) = _runs(tmp_path, sweep.parse_cells("a:lr=1e-3"), seeds=(0,))
     sweep.check_spec(run)
