@@ -45,8 +45,9 @@ def exceeds_text(a: str = "cell", b: str = "baseline") -> str:
 
 
 def short_task(task: str) -> str:
-    """A task path as the tables show it: relative to the repository when inside it."""
-    full = os.path.abspath(task)
+    """A task path as the tables and records show it: relative to the repository when inside it
+    (a relative path is taken as relative to the repository)."""
+    full = os.path.abspath(os.path.join(ROOT, task))
     if full.startswith(ROOT + os.sep):
         return os.path.relpath(full, ROOT)
     return task
@@ -166,7 +167,9 @@ def make_record(
     missing = [t for t in tasks if t not in evals_at]
     if missing:
         raise ValueError(f"cell {name!r} seed {seed}: no evaluation of {missing} at step {steps}")
-    evals = [evals_at[t] for t in tasks]
+    # Tasks inside the repository are recorded relative to it, so that the record means the same
+    # in any clone (sweep.finished compares them so).
+    evals = [dict(evals_at[t], task=short_task(t)) for t in tasks]
     before = [r["eval"] for r in metrics if "eval" in r and r["step"] == 0 and steps != 0]
     wall, attempts = train_time(metrics, starts)
     losses = [r["loss"] for r in metrics if "loss" in r and r.get("step") == steps]

@@ -221,8 +221,8 @@ def finished(run: Run) -> dict | None:
         return None
     with open(path) as f:
         record = json.load(f)
-    done = {r["task"] for r in record["evals"]}
-    return record if all(t in done for t in run.tasks) else None
+    done = {results.short_task(r["task"]) for r in record["evals"]}
+    return record if all(results.short_task(t) in done for t in run.tasks) else None
 
 
 # ----------------------------------------------------------------------------- one cell

@@ -94,6 +94,17 @@ def test_records_define_the_same_cell_in_another_clone(tmp_path):
     with open(os.path.join(run.dir, sweep.SPEC), "w") as f:
         json.dump(spec, f)
     sweep.check_spec(run)
+    # A finished run's result.json, its task relative to the repository as make_record writes it
+    # (absolute, as recorded before: the same): finished in any clone.
+    task = os.path.join(ROOT, "sample_data", "stsb", "dev.tsv.gz")
+    assert run.tasks == (task,)
+    for recorded in ("sample_data/stsb/dev.tsv.gz", task):
+        with open(os.path.join(run.dir, sweep.RESULT), "w") as f:
+            json.dump({"evals": [{"task": recorded, "metric": "spearman_cosine", "score": 1}]}, f)
+        assert sweep.finished(run) is not None
+    with open(os.path.join(run.dir, sweep.RESULT), "w") as f:
+        json.dump({"evals": [{"task": "/elsewhere/dev.tsv.gz", "metric": "m", "score": 1}]}, f)
+    assert sweep.finished(run) is None
     spec["config"] = "/elsewhere/configs/base.py:smoke"  # another file: another cell
     with open(os.path.join(run.dir, sweep.SPEC), "w") as f:
         json.dump(spec, f)
