@@ -10,7 +10,12 @@ after the rebase onto main, whose model.attention (09422a7) changed the last bit
         --out=tests/fixtures/smoke_loss_trace.json
 
 (8 fake CPU devices, as in the tests; the same jaxlib, on x86-64 CPU.) A change that alters the
-numbers on purpose re-records the trace with its own commit and says so.
+numbers on purpose re-records the trace with its own commit and says so. Re-recorded on
+2026-12-02 from a9b0b2f (python tools/record_loss_trace.py --repo=. --out=...): packing's
+balanced device shares (854048d) deal the smoke batches' examples to other devices, so dropout
+and the sums differ. The trace is also specific to the CPU: the one recorded on the project's
+former AMD EPYC VM failed on the Intel Xeon VM (AVX-512) with the unchanged code of e7cde95, so
+this one is the Xeon's.
 """
 
 import argparse
