@@ -110,14 +110,6 @@ def load_config_module(path: str):
     return module
 
 
-def portable(path: str) -> str:
-    """A config file's path as a spec holds it: relative to the checkout when inside it, so that
-    a run's records (cell.json, result.json) define the same cell in any clone."""
-    path = os.path.abspath(os.path.join(ROOT, path))
-    inside = os.path.commonpath([path, ROOT]) == ROOT
-    return os.path.relpath(path, ROOT) if inside else path
-
-
 def resolve_config(spec: dict[str, Any]) -> ml_collections.ConfigDict:
     """A run's config: CONFIG[:ARGS], then the cell's overrides, the seed, the eval tasks."""
     path, _, arg = spec["config"].partition(":")
@@ -161,7 +153,7 @@ def build_runs(
     if clash:
         raise SweepError(f"cells {clash} map to the same folder name; rename one")
     path, colon, arg = config.partition(":")
-    config = portable(os.path.abspath(path)) + colon + arg
+    config = results.short_task(os.path.abspath(path)) + colon + arg  # portable records
     for p in evals or ():
         if not os.path.exists(p):
             raise SweepError(f"--eval: {p!r} does not exist")
@@ -203,7 +195,7 @@ def check_spec(run: Run) -> None:
             old = json.load(f)
         if isinstance(old.get("config"), str):  # records of before: absolute paths
             file, colon, arg = old["config"].partition(":")
-            old["config"] = portable(file) + colon + arg
+            old["config"] = results.short_task(file) + colon + arg
         diff = {k: (old.get(k), run.spec[k]) for k in _DEFINING if old.get(k) != run.spec[k]}
         if diff:
             raise SweepError(
