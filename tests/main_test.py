@@ -433,11 +433,20 @@ def test_random_init_and_import_agree_on_the_family_defaults(tmp_path, family):
 @pytest.mark.parametrize("run", sorted(record_loss_trace.RUNS))
 def test_guide_off_is_bit_identical_to_before_the_guide(tmp_path, run):
     """loss.guide = '' reproduces, bit for bit, the losses, gradient norms and final params that
-    the code before the guided loss produced (tools/record_loss_trace.py made the trace)."""
+    the code before the guided loss produced (tools/record_loss_trace.py made the trace). The bits
+    depend on the CPU: the fixture holds a trace per CPU; on one it lacks, the losses and gradient
+    norms must agree to 1e-4 relative with every recorded CPU's."""
     with open(os.path.join(ROOT, "tests", "fixtures", "smoke_loss_trace.json")) as f:
-        want = json.load(f)["runs"][run]
+        traces = json.load(f)["traces"]
     got = record_loss_trace.trace(record_loss_trace.RUNS[run], str(tmp_path))
-    assert got == want
+    mine = [t["runs"][run] for t in traces if t["cpu"] == record_loss_trace.cpu_signature()]
+    if mine:
+        assert got == mine[0]
+        return
+    for t in traces:
+        for key in ("loss", "grad_norm"):
+            want = [float.fromhex(x) for x in t["runs"][run][key]]
+            assert [float.fromhex(x) for x in got[key]] == pytest.approx(want, rel=1e-4), t["cpu"]
 
 
 @pytest.mark.slow
