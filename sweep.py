@@ -120,10 +120,17 @@ def resolve_config(spec: dict[str, Any]) -> ml_collections.ConfigDict:
         raise SweepError(f"cell {spec['name']!r}: {e}") from e
     config.seed = spec["seed"]
     if spec["eval"] is not None:
-        config.eval.sts_files = tuple(p for p in spec["eval"] if not os.path.isdir(p))
-        config.eval.retrieval_dirs = tuple(p for p in spec["eval"] if os.path.isdir(p))
-    config.compilation_cache_dir = spec["compilation_cache"]
+        evals = [full_path(p) for p in spec["eval"]]
+        config.eval.sts_files = tuple(p for p in evals if not os.path.isdir(p))
+        config.eval.retrieval_dirs = tuple(p for p in evals if os.path.isdir(p))
+    cache = spec["compilation_cache"]
+    config.compilation_cache_dir = cache and full_path(cache)
     return config
+
+
+def full_path(path: str) -> str:
+    """A record's path as a file name: relative ones are relative to the repository."""
+    return os.path.abspath(os.path.join(ROOT, path))
 
 
 def eval_tasks(config: ml_collections.ConfigDict) -> list[str]:
@@ -157,9 +164,11 @@ def build_runs(
     for p in evals or ():
         if not os.path.exists(p):
             raise SweepError(f"--eval: {p!r} does not exist")
-    evals = None if evals is None else [os.path.abspath(p) for p in evals]
+    # cell.json holds paths inside the repository relative to it (portable records)
+    evals = None if evals is None else [results.short_task(os.path.abspath(p)) for p in evals]
     if compilation_cache:
         compilation_cache = os.path.abspath(os.path.join(workdir, compilation_cache))
+        compilation_cache = results.short_task(compilation_cache)
     runs = []
     for cell in cells:
         keys = [p.partition("=")[0].strip() for p in base.split_arg(cell.overrides)]

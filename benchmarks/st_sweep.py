@@ -268,7 +268,7 @@ def run_cell(run_dir: str, eval_python: str, batch_sampler: str) -> None:
             cmd.append(f"--batch_size={config.eval.batch_size}")
             env = dict(os.environ)
             if spec.get("compilation_cache"):
-                env["JAX_COMPILATION_CACHE_DIR"] = spec["compilation_cache"]
+                env["JAX_COMPILATION_CACHE_DIR"] = sweep.full_path(spec["compilation_cache"])
                 env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
             print("evaluating with ours: " + " ".join(cmd), flush=True)
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)

@@ -87,6 +87,13 @@ def test_records_define_the_same_cell_in_another_clone(tmp_path):
     run's records, sees the same cell; an absolute path inside this checkout means it too."""
     (run,) = _runs(tmp_path, sweep.parse_cells("a:"), seeds=(0,))
     assert run.spec["config"] == "configs/base.py:smoke"
+    # eval tasks inside the repository are recorded relative to it, and read as its files; the
+    # compilation cache (under tmp_path, outside the repository) stays absolute
+    assert run.spec["eval"] == ["sample_data/stsb/dev.tsv.gz"]
+    assert run.spec["compilation_cache"] == str(tmp_path / "cc")
+    c = sweep.resolve_config(run.spec)
+    assert c.eval.sts_files == (os.path.join(ROOT, "sample_data", "stsb", "dev.tsv.gz"),)
+    assert c.compilation_cache_dir == str(tmp_path / "cc")
     sweep.check_spec(run)
     with open(os.path.join(run.dir, sweep.SPEC)) as f:
         spec = json.load(f)

@@ -69,11 +69,10 @@ ST_CELLS+=";1 mined negative, guided:data.dir='$MINED_ST'"
 ST_CELLS+=";3 mined negatives:data.dir='$MINED_ST'"
 ST_CELLS+=";3 mined negatives, guided:data.dir='$MINED_ST'"
 
-# STUDY_CELLS (names separated by ';'): run those cells only (and base, the baseline); the others
-# keep their records, and the results files of this invocation cover the cells it ran.
-CELLS=$ALL
-if [ -n "${STUDY_CELLS:-}" ]; then
-  PICKED=$(python - "$ALL" "$ST_CELLS" "$STUDY_CELLS" <<'EOF'
+# pick NAMES (separated by ';'): two lines, those cells of ALL (and base, the baseline) and their
+# ST_CELLS entries.
+pick() {
+  python - "$ALL" "$ALL_ST_CELLS" "$1" <<'EOF'
 import sys
 cells = dict(c.split(":", 1) for c in sys.argv[1].split(";"))
 st = dict(c.split(":", 1) for c in sys.argv[2].split(";"))
@@ -84,7 +83,14 @@ names = ["base"] + [n for n in names if n != "base"]
 print(";".join(f"{n}:{cells[n]}" for n in names))
 print(";".join(f"{n}:{st[n]}" for n in names if n in st))
 EOF
-)
+}
+
+# STUDY_CELLS (names separated by ';'): run those cells only (and base, the baseline); the others
+# keep their records. The results files are then written again over every finished cell (below).
+CELLS=$ALL
+ALL_ST_CELLS=$ST_CELLS
+if [ -n "${STUDY_CELLS:-}" ]; then
+  PICKED=$(pick "$STUDY_CELLS")
   CELLS=$(sed -n 1p <<<"$PICKED")
   ST_CELLS=$(sed -n 2p <<<"$PICKED")
 fi
@@ -105,11 +111,42 @@ if [[ "$CELLS" == *"mined negative"* ]]; then
 fi
 
 COMMON=(--config=configs/scifact.py --seeds=0,1 --baseline=base --main=scifact
-  --eval=sample_data/retrieval/scifact,sample_data/stsb/dev.tsv.gz --cells="$CELLS"
+  --eval=sample_data/retrieval/scifact,sample_data/stsb/dev.tsv.gz
   --machine_lock="$OUT.lock" --echo=false)
-python sweep.py "${COMMON[@]}" --workdir="$OUT" &
-ours=$!
-trap 'kill $ours 2>/dev/null' EXIT
-"$ST_PYTHON" -m benchmarks.st_sweep "${COMMON[@]}" --workdir="${OUT}_st" --ours="$OUT" \
-  --st_cells="$ST_CELLS" --eval_python="$(command -v python)"
-wait $ours
+# run_sweeps CELLS ST_CELLS: ours and theirs at once, alternating on the machine lock.
+run_sweeps() {
+  python sweep.py "${COMMON[@]}" --cells="$1" --workdir="$OUT" &
+  ours=$!
+  trap 'kill $ours 2>/dev/null' EXIT
+  "$ST_PYTHON" -m benchmarks.st_sweep "${COMMON[@]}" --cells="$1" --workdir="${OUT}_st" \
+    --ours="$OUT" --st_cells="$2" --eval_python="$(command -v python)"
+  wait $ours
+  trap - EXIT
+}
+run_sweeps "$CELLS" "$ST_CELLS"
+
+# A sweep's results files cover the cells it was given: after a STUDY_CELLS subset, run both again
+# over every cell whose seeds have all finished in OUT, so results.md and comparison.md show the
+# whole study. Their runs are skipped (finished), or trained if theirs lacks one.
+if [ -n "${STUDY_CELLS:-}" ]; then
+  FINISHED=$(python - "$OUT" "$ALL" <<'EOF'
+import os
+import sys
+
+import sweep
+
+out, names = sys.argv[1], [c.split(":", 1)[0] for c in sys.argv[2].split(";")]
+
+
+def finished(name):
+    seeds = [os.path.join(out, "cells", sweep.slug(name), f"seed_{s}") for s in (0, 1)]
+    return all(os.path.exists(os.path.join(d, "result.json")) for d in seeds)
+
+
+print(";".join(n for n in names if finished(n)))
+EOF
+)
+  PICKED=$(pick "$FINISHED")
+  echo "results files over every finished cell: $FINISHED"
+  run_sweeps "$(sed -n 1p <<<"$PICKED")" "$(sed -n 2p <<<"$PICKED")"
+fi
