@@ -110,7 +110,8 @@ if [[ "$CELLS" == *"mined negative"* ]]; then
   fi
 fi
 
-COMMON=(--config=configs/scifact.py --seeds=0,1 --baseline=base --main=scifact
+SEEDS=0,1
+COMMON=(--config=configs/scifact.py --seeds="$SEEDS" --baseline=base --main=scifact
   --eval=sample_data/retrieval/scifact,sample_data/stsb/dev.tsv.gz
   --machine_lock="$OUT.lock" --echo=false)
 # run_sweeps CELLS ST_CELLS: ours and theirs at once, alternating on the machine lock.
@@ -129,18 +130,19 @@ run_sweeps "$CELLS" "$ST_CELLS"
 # over every cell whose seeds have all finished in OUT, so results.md and comparison.md show the
 # whole study. Their runs are skipped (finished), or trained if theirs lacks one.
 if [ -n "${STUDY_CELLS:-}" ]; then
-  FINISHED=$(python - "$OUT" "$ALL" <<'EOF'
+  FINISHED=$(python - "$OUT" "$ALL" "$SEEDS" <<'EOF'
 import os
 import sys
 
 import sweep
 
 out, names = sys.argv[1], [c.split(":", 1)[0] for c in sys.argv[2].split(";")]
+seeds = sys.argv[3].split(",")
 
 
 def finished(name):
-    seeds = [os.path.join(out, "cells", sweep.slug(name), f"seed_{s}") for s in (0, 1)]
-    return all(os.path.exists(os.path.join(d, "result.json")) for d in seeds)
+    runs = [os.path.join(out, "cells", sweep.slug(name), f"seed_{s}") for s in seeds]
+    return all(os.path.exists(os.path.join(d, "result.json")) for d in runs)
 
 
 print(";".join(n for n in names if finished(n)))
