@@ -18,8 +18,9 @@ and the sums differ.
 The bits are also specific to the CPU (the EPYC's trace failed on the Xeon with unchanged code), so
 the fixture holds one trace per CPU, keyed by `cpu_signature()`, and this tool adds or replaces the
 running machine's trace in --out, keeping the others. Recorded from a9b0b2f: on the Intel Xeon VM
-(GenuineIntel family 6 model 207) on 2026-12-02 00:33 UTC, and on the AMD EPYC VM (AuthenticAMD
-family 25 model 17) on 2026-12-02 05:13 UTC. On a CPU with no trace the test compares the losses
+(GenuineIntel family 6 model 207) on 2026-12-02 00:33 UTC, on the AMD EPYC VM (AuthenticAMD
+family 25 model 17) on 2026-12-02 05:13 UTC, and on the AMD EPYC VM (AuthenticAMD family 25
+model 1) on 2026-12-02 16:06 UTC. On a CPU with no trace the test compares the losses
 and gradient norms to 1e-4 relative against every recorded trace instead of bit for bit.
 """
 
