@@ -118,6 +118,25 @@ def train_time(metrics: Sequence[dict], starts: Sequence[int] = ()) -> tuple[flo
     return sum(last.values()), len(last)
 
 
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's name and signature from /proc/cpuinfo: "AMD EPYC 7B13 (AuthenticAMD family 25
+    model 1)". Two VMs of one name can be different CPUs, whose bits and speeds differ (the smoke
+    trace of tools/record_loss_trace.py is keyed by the same signature); platform.processor()
+    where there is no /proc/cpuinfo."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if {"vendor_id", "cpu family", "model"} <= set(fields):
+        name += f" ({fields['vendor_id']} family {fields['cpu family']} model {fields['model']})"
+    return name
+
+
 def provenance() -> dict[str, Any]:
     """Date, commit, machine and load average, recorded beside every result."""
     try:
@@ -135,16 +154,10 @@ def provenance() -> dict[str, Any]:
         commit += "-dirty" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "commit": commit,
-        "machine": f"{cpu}, {os.cpu_count()} cores",
+        "machine": f"{cpu_description()}, {os.cpu_count()} cores",
         "load": [round(x, 2) for x in os.getloadavg()],
     }
 

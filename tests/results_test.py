@@ -144,3 +144,16 @@ def test_record_from_metrics(tmp_path):
             steps=2,
             batch_size=8,
         )
+
+
+def test_cpu_description_names_the_cpu_and_its_signature(tmp_path):
+    """Two VMs that both say "AMD EPYC" can be Zen 3 and Zen 4: the record carries the family."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+        "model name\t: AMD EPYC 7B13\n\nprocessor\t: 1\nvendor_id\t: AuthenticAMD\n"
+    )
+    assert results.cpu_description(str(info)) == "AMD EPYC 7B13 (AuthenticAMD family 25 model 1)"
+    info.write_text("model name\t: Some CPU\n")  # no signature fields: the name alone
+    assert results.cpu_description(str(info)) == "Some CPU"
+    assert results.cpu_description(str(tmp_path / "missing"))  # no file: platform's name
