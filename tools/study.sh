@@ -4,6 +4,7 @@
 #
 #     bash tools/study.sh [OUT]           # from the repository root; OUT defaults to runs/study
 #     STUDY_CELLS="base;one direction" bash tools/study.sh [OUT]    # only these cells, for now
+#     STUDY_SIDE=ours bash tools/study.sh [OUT]   # our sweep only, theirs left for a later run
 #     bash tools/study.sh --save [OUT]    # copy the finished runs' records into docs/study/
 #
 # Ours go to OUT/, theirs to OUT_st/ (with OUT_st/comparison.md, the two side by side). Needs the
@@ -120,7 +121,12 @@ COMMON=(--config=configs/scifact.py --seeds="$SEEDS" --baseline=base --main=scif
   --eval=sample_data/retrieval/scifact,sample_data/stsb/dev.tsv.gz
   --machine_lock="$OUT.lock" --echo=false)
 # run_sweeps CELLS ST_CELLS: ours and theirs at once, alternating on the machine lock.
+# STUDY_SIDE=ours: our sweep only (theirs' runs left for a later call); the default runs both.
 run_sweeps() {
+  if [ "${STUDY_SIDE:-both}" = ours ]; then
+    python sweep.py "${COMMON[@]}" --cells="$1" --workdir="$OUT"
+    return
+  fi
   python sweep.py "${COMMON[@]}" --cells="$1" --workdir="$OUT" &
   ours=$!
   trap 'kill $ours 2>/dev/null' EXIT
