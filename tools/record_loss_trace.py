@@ -40,7 +40,10 @@ RUNS = {
 
 def cpu_signature() -> str:
     """The CPU as /proc/cpuinfo names it: vendor, family and model ("GenuineIntel family 6 model
-    207"); platform.processor() where there is no /proc/cpuinfo."""
+    207"); platform.processor() where there is no /proc/cpuinfo. The same signature as
+    results.cpu_description's, written out here on purpose: this tool imports the project's
+    modules from --repo (an older checkout), so importing results.py first would mix two
+    versions of the code in one process."""
     import platform
 
     fields = {}
