@@ -58,9 +58,13 @@ def test_tables_from_records(tmp_path):
             _write(root, side, "guided", seed, scores[seed], walls[seed])
     _write(root, "ours", "1 mined negative", 0, 70.0, 300)  # one seed, theirs not run
     _write(root, "ours", "1 mined negative", 1, 70.4, 900, cpu=ZEN3)
+    for seed in (0, 1):  # both sides complete, but on two machines: no speed ratio
+        _write(root, "ours", "one direction", seed, 66.0, 100)
+        _write(root, "st", "one direction", seed, 66.0 + seed, 200, cpu=ZEN3)
     _write(root, "ours", "zzz extra", 0, 61.0, 10)  # a cell ORDER does not know comes last
     records = study_tables.read(root)
-    assert study_tables.cells(records) == ["base", "guided", "1 mined negative", "zzz extra"]
+    names = ["base", "one direction", "guided", "1 mined negative", "zzz extra"]
+    assert study_tables.cells(records) == names
 
     table = study_tables.side_by_side(records)
     guided = _row(table, "guided")
@@ -73,6 +77,8 @@ def test_tables_from_records(tmp_path):
     assert mined[1] == "Zen 3, Zen 4"
     assert mined[3] == "not run yet"
     assert mined[4] == "n/a" and mined[10] == "n/a"  # no theirs; two machines
+    both = _row(table, "one direction")
+    assert both[1] == "Zen 3, Zen 4" and both[4] == "-0.50, no effect" and both[10] == "n/a"
     assert _row(table, "zzz extra")[2] == "seed 0 only: 61.00"
 
     vs = study_tables.against_base(records)
