@@ -101,7 +101,8 @@ def _stat(records: list[dict], name: str, key: str, digits: int = 2, seeds: bool
     if not s.values:
         return ""
     if s.n < 2:
-        return f"seed 0 only: {s.mean:.{digits}f}"
+        (seed,) = [r["seed"] for r in records if r["name"] == name]
+        return f"seed {seed} only: {s.mean:.{digits}f}"
     text = s.text(digits)
     return f"{text} ({_seeds(records, name, key)})" if seeds else text
 
