@@ -1,5 +1,5 @@
 #!/bin/bash
-# The study of docs/results.md ("The seed's three claims"): ours, then sentence-transformers' trainer,
+# The study of docs/study.md (the seed's three claims): ours, then sentence-transformers' trainer,
 # on the same cells, seeds and data; SciFact test nDCG@10 and STS-B dev for every run.
 #
 #     bash tools/study.sh [OUT]           # from the repository root; OUT defaults to runs/study
@@ -65,7 +65,7 @@ ALL+=";1 mined negative, guided:data.dir='$MINED_OURS',data.max_negatives=1,loss
 ALL+=";3 mined negatives:data.dir='$MINED_OURS',data.max_negatives=3"
 ALL+=";3 mined negatives, guided:data.dir='$MINED_OURS',data.max_negatives=3,loss.guide='init'"
 # The winners combined: claim 1's batch 8 at one epoch, claim 2's 3 mined negatives (unguided),
-# SciFact alone (claim 3), both directions. Picked from the finished cells (docs/results.md).
+# SciFact alone (claim 3), both directions. Picked from the finished cells (docs/study.md).
 ALL+=";best recipe:batch_size=8,total_steps=115,warmup_steps=12,data.dir='$MINED_OURS'"
 ALL+=",data.max_negatives=3"
 # Their side of the mined cells reads their miner's output instead (same names, data.dir only).

@@ -1,8 +1,9 @@
-"""The study tables of docs/results.md from the committed run records.
+"""The study tables of docs/study.md from the committed run records.
 
     python tools/study_tables.py [docs/study]   # reads STUDY/{ours,st}/cells/*/seed_*/result.json
 
-Prints two Markdown tables to paste into docs/results.md's study section:
+Prints two Markdown tables to paste into docs/study.md (tests/study_tables_test.py fails when the
+page does not show them as printed):
 
 1. ours and sentence-transformers' trainer side by side, cell by cell: the machine each cell ran
    on, SciFact test nDCG@10 and STS-B dev Spearman (mean ± std over seeds, the seeds' own
