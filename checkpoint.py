@@ -3,7 +3,7 @@
 model/ is a sentence-transformers folder (convert.py's export, HF tensor names, loadable by
 sentence-transformers itself), opt_state.safetensors the optimizer leaves in tree order, and
 state.json the step, the dropout key and the data loader's position. The state is
-main.TrainState (params, opt_state, rng, step).
+step.TrainState (params, opt_state, rng, step).
 
 Nothing is lost: a checkpoint is written under a temporary name and renamed into place (as byol's
 checkpointing does), and one replacing a folder of the same step renames the old one aside

@@ -7,7 +7,7 @@ dataset's shuffled stream) are `sources.py`'s. The pipeline has two separate sta
    *negatives)`, from many jsonl(.gz) datasets, mixes them by weight into global batches of
    `datasets_per_batch` single-dataset chunks, keeps every text unique within a global batch. Every
    process composes the whole global batch (the trainer keeps its devices' rows after
-   packing, see main.make_featurizer). Its `state()` is a small JSON dict from which a new loader
+   packing, see step.make_featurizer). Its `state()` is a small JSON dict from which a new loader
    continues with exactly the batches the old one would have produced.
 2. Featurization (`packing.featurize`): the model's tokenizer (convert.load_tokenizer), then
    texts packed several to a row of tokens, or one per row, in static NumPy shapes.

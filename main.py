@@ -2,8 +2,8 @@
 
     python main.py --config=configs/base.py[:ARGS] --workdir=DIR [--config.FIELD=VALUE ...]
 
-config -> mesh -> state -> jitted, shard_mapped train step -> loop (log, evaluate, checkpoint)
--> export. Running the same command again resumes from DIR's latest checkpoint. Every
+config -> mesh -> state -> jitted, shard_mapped train step (step.py) -> loop (log, evaluate,
+checkpoint) -> export. Running the same command again resumes from DIR's latest checkpoint. Every
 hyper-parameter is a config field (configs/base.py); flags only pick the config and the workdir,
 and, for a multi-host run (the same command in every process), the process topology:
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or --distributed where JAX
@@ -19,13 +19,11 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-import haiku as hk
 import jax
 import ml_collections
 import numpy as np
-import optax
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
@@ -38,24 +36,15 @@ import convert
 import data as data_lib
 import distributed
 import evaluate
-import loss as loss_lib
 import model as model_lib
 import model_card
-import packing
 import runconfig
 import sources
+import step as step_lib
 
-AXIS = "data"
 # train()'s hook: (event, step, state), after every step ("step") and at each stage of a
 # checkpoint save ("save:model", "save:written", ...; checkpoint.save). Tests stop runs there.
 OnEvent = Callable[[str, int, Any], None]
-
-
-class TrainState(NamedTuple):
-    params: hk.Params
-    opt_state: optax.OptState
-    rng: jax.Array
-    step: jax.Array
 
 
 class NonFiniteLossError(RuntimeError):
@@ -157,219 +146,6 @@ def build_guide(config: ml_collections.ConfigDict, m: convert.LoadedModel):
     return g, g.params
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    schedule = optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, config.lr, max(config.warmup_steps, 1)),
-            optax.linear_schedule(config.lr, 0.0, config.total_steps - config.warmup_steps),
-        ],
-        [config.warmup_steps],
-    )
-    # No weight decay on biases and LayerNorm parameters (BERT practice, the seed's script too).
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
-    parts = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip else []
-    parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask))
-    return optax.chain(*parts), schedule
-
-
-# ----------------------------------------------------------------------------- train step
-
-
-def make_train_step(
-    config: ml_collections.ConfigDict,
-    m: convert.LoadedModel,
-    mesh: jax.sharding.Mesh,
-    optimizer,
-    guide: convert.LoadedModel | None = None,
-) -> Callable[..., tuple[TrainState, dict]]:
-    """One jitted step: embed, loss inside shard_map (negatives gathered), AdamW update.
-
-    The batch holds rows of tokens (packed or one text per row, see packing.py) and, for every
-    example b and column c, the row and segment where its text was placed. With a `guide`
-    (loss.guide, see build_guide) the step is `step(state, batch, guide_params)`: the guide
-    embeds the same rows without gradient (in GradCache's chunks when it is on) and the guided
-    loss masks the candidates it calls false negatives; its params stay outside the state.
-    """
-    if guide is not None:
-        return _make_guided_train_step(config, m, mesh, optimizer, guide)
-    num_segments = config.data.max_segments if config.data.packing else 1
-    embed = m.embed_fn(num_segments)
-    lc, dtype = config.loss, config.model.dtype
-
-    def embed_fn(params, rows, rng):
-        return embed.apply(
-            model_lib.cast_params(params, dtype),
-            rng,
-            rows["ids_GRxL"],
-            rows["segments_GRxL"],
-            True,
-        )  # emb_RxSxD: one vector per segment of each local row
-
-    # Every prefix is ranked from the same embeddings; () = mnrl_loss itself.
-    ranking_loss = loss_lib.matryoshka_loss(
-        loss_lib.mnrl_loss, lc.matryoshka_dims, lc.matryoshka_weights
-    )
-
-    def loss_fn(batch, emb_RxSxD):
-        emb_BxCxD = emb_RxSxD[batch["row_BxC"], batch["slot_BxC"]]
-        negatives = emb_BxCxD[:, 2:] if emb_BxCxD.shape[1] > 2 else None
-        return ranking_loss(
-            emb_BxCxD[:, 0],
-            emb_BxCxD[:, 1],
-            negatives,
-            batch["valid_BxC"][:, 2:] if negatives is not None else None,
-            scale=lc.scale,
-            similarity=lc.similarity,
-            symmetric=lc.symmetric,
-            axis_name=AXIS,
-            gather=lc.gather,
-        )
-
-    def sharded_grads(params, rng, step, batch):
-        # Dropout keys differ per step and per device.
-        rng = jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index(AXIS))
-        rows = {"ids_GRxL": batch["ids_GRxL"], "segments_GRxL": batch["segments_GRxL"]}
-        (loss, metrics), grads = loss_lib.embedding_value_and_grad(
-            embed_fn,
-            lambda emb: loss_fn(batch, emb),
-            params,
-            rows,
-            rng,
-            cache_chunk_size=lc.cache_chunk_size or None,
-            axis_name=AXIS,
-        )
-        return loss, metrics, grads
-
-    grads_fn = jax.shard_map(
-        sharded_grads,
-        mesh=mesh,
-        in_specs=(P(), P(), P(), P(AXIS)),
-        out_specs=(P(), P(), P()),
-    )
-
-    def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        loss, metrics, grads = grads_fn(state.params, state.rng, state.step, batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        # The step number travels in the metrics: state.step itself is donated to the next step.
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), step=state.step + 1)
-        return TrainState(params, opt_state, state.rng, state.step + 1), metrics
-
-    return jax.jit(step_fn, donate_argnums=(0,))
-
-
-def _make_guided_train_step(config, m, mesh, optimizer, guide):
-    """make_train_step with the guide (GISTEmbed): a step of its own, so that the step without
-    one stays exactly today's program."""
-    num_segments = config.data.max_segments if config.data.packing else 1
-    embed, guide_embed = m.embed_fn(num_segments), guide.embed_fn(num_segments)
-    lc, dtype = config.loss, config.model.dtype
-
-    def embed_fn(params, rows, rng):
-        ids, segments = rows["ids_GRxL"], rows["segments_GRxL"]
-        return embed.apply(model_lib.cast_params(params, dtype), rng, ids, segments, True)
-
-    def guide_fn(params, rows):
-        ids, segments = rows["ids_GRxL"], rows["segments_GRxL"]
-        return guide_embed.apply(model_lib.cast_params(params, dtype), None, ids, segments, False)
-
-    # Matryoshka composes: every prefix is masked by the guide's full-width similarities.
-    ranking_loss = loss_lib.matryoshka_loss(
-        loss_lib.guided_mnrl_loss, lc.matryoshka_dims, lc.matryoshka_weights
-    )
-
-    def loss_fn(batch, emb_RxSxD, guide_RxSxD):
-        emb_BxCxD = emb_RxSxD[batch["row_BxC"], batch["slot_BxC"]]
-        g_BxCxD = guide_RxSxD[batch["row_BxC"], batch["slot_BxC"]]
-        has_negatives = emb_BxCxD.shape[1] > 2
-        return ranking_loss(
-            emb_BxCxD[:, 0],
-            emb_BxCxD[:, 1],
-            emb_BxCxD[:, 2:] if has_negatives else None,
-            batch["valid_BxC"][:, 2:] if has_negatives else None,
-            guide_anchor_BxD=g_BxCxD[:, 0],
-            guide_positive_BxD=g_BxCxD[:, 1],
-            guide_negative_BxKxD=g_BxCxD[:, 2:] if has_negatives else None,
-            margin=lc.guide_margin,
-            margin_strategy=lc.guide_margin_strategy,
-            contrast_anchors=lc.guide_contrast_anchors,
-            contrast_positives=lc.guide_contrast_positives,
-            scale=lc.scale,
-            similarity=lc.similarity,
-            symmetric=lc.symmetric,
-            axis_name=AXIS,
-            gather=lc.gather,
-        )
-
-    def sharded_grads(params, rng, step, batch, guide_params):
-        rng = jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index(AXIS))
-        rows = {"ids_GRxL": batch["ids_GRxL"], "segments_GRxL": batch["segments_GRxL"]}
-        guide_RxSxD = loss_lib.frozen_embeddings(
-            guide_fn, guide_params, rows, lc.cache_chunk_size or None
-        )
-        (loss, metrics), grads = loss_lib.embedding_value_and_grad(
-            embed_fn,
-            lambda emb: loss_fn(batch, emb, guide_RxSxD),
-            params,
-            rows,
-            rng,
-            cache_chunk_size=lc.cache_chunk_size or None,
-            axis_name=AXIS,
-        )
-        return loss, metrics, grads
-
-    grads_fn = jax.shard_map(
-        sharded_grads,
-        mesh=mesh,
-        in_specs=(P(), P(), P(), P(AXIS), P()),
-        out_specs=(P(), P(), P()),
-    )
-
-    def step_fn(state: TrainState, batch: dict, guide_params) -> tuple[TrainState, dict]:
-        loss, metrics, grads = grads_fn(state.params, state.rng, state.step, batch, guide_params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), step=state.step + 1)
-        return TrainState(params, opt_state, state.rng, state.step + 1), metrics
-
-    return jax.jit(step_fn, donate_argnums=(0,))
-
-
-def make_featurizer(
-    config: ml_collections.ConfigDict, m: convert.LoadedModel, mesh: jax.sharding.Mesh
-) -> Callable[[list], dict[str, np.ndarray]]:
-    """Global batch of examples -> this process's arrays (packed rows, see packing.py).
-
-    Every process packs the whole global batch (cheap next to a step), so all processes agree
-    on the packed shapes without talking, then keeps its own devices' part.
-    """
-    mesh_devices = list(mesh.devices.flat)
-    local = [i for i, d in enumerate(mesh_devices) if d.process_index == jax.process_index()]
-    if local != list(range(local[0], local[0] + len(local))):
-        raise RuntimeError(f"this process's devices are not contiguous in the mesh: {local}")
-    pad, chunk = m.pad_id, config.loss.cache_chunk_size
-    p = config.data.prompts
-    prompts = (p.anchor, p.positive) + (p.negatives,) * config.data.max_negatives
-
-    def featurize(examples):
-        arrays = packing.featurize(
-            examples,
-            m.tokenizer,
-            num_devices=len(mesh_devices),
-            max_seq_len=config.data.max_seq_len,
-            max_negatives=config.data.max_negatives,
-            pad_id=pad,
-            pack=config.data.packing,
-            max_segments=config.data.max_segments,
-            bucket_lengths=tuple(config.data.bucket_lengths),
-            size_multiple=chunk or 1,  # GradCache splits each device's rows into chunks
-            prompts=prompts if any(prompts) else (),
-        )
-        return packing.device_slice(arrays, len(mesh_devices), local[0], len(local))
-
-    return featurize
-
-
 # ----------------------------------------------------------------------------- logging
 
 
@@ -442,17 +218,19 @@ def train(
     is_main = jax.process_index() == 0
     m = build_model(config)
     guide = build_guide(config, m)  # a bad guide folder stops the run before anything is written
-    # Every process composes the whole global batch (see make_featurizer).
+    # Every process composes the whole global batch (see step.make_featurizer).
     loader = data_lib.MixtureLoader.from_config(
         config.data, batch_size=config.batch_size, seed=config.seed, workdir=workdir
     )
-    mesh = jax.make_mesh((len(devices),), (AXIS,), devices=devices)
+    mesh = jax.make_mesh((len(devices),), (step_lib.AXIS,), devices=devices)
     replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P(AXIS))
-    optimizer, schedule = make_optimizer(config)
+    batch_sharding = NamedSharding(mesh, P(step_lib.AXIS))
+    optimizer, schedule = step_lib.make_optimizer(config)
 
     params = m.params
-    fresh = TrainState(params, optimizer.init(params), jax.random.key(config.seed), np.int32(0))
+    fresh = step_lib.TrainState(
+        params, optimizer.init(params), jax.random.key(config.seed), np.int32(0)
+    )
     # A checkpoint of another model is an error here; an unreadable one is set aside.
     restored = checkpoint.restore(workdir, m, fresh, set_aside=is_main)
     loader_state = None
@@ -490,10 +268,10 @@ def train(
                 }
             )
     state = distributed.replicate(fresh, replicated)
-    featurize = make_featurizer(config, m, mesh)
+    featurize = step_lib.make_featurizer(config, m, mesh)
 
     guide_args = () if guide is None else (distributed.replicate(guide[1], replicated),)
-    train_step = make_train_step(config, m, mesh, optimizer, guide[0] if guide else None)
+    train_step = step_lib.make_train_step(config, m, mesh, optimizer, guide[0] if guide else None)
     evals: list[dict] = []
     evals_before: list[dict] = []
     if config.eval_before and start_step == 0:

@@ -118,13 +118,13 @@ def gathered_attention(plan, num_tokens: int):
 def bench_batches(count: int, m) -> list[dict[str, np.ndarray]]:
     """benchmarks/throughput.py's batches: the demo config's bundled mixture, batch 64, seed 0,
     rows of 128, featurized by the trainer's own featurizer on one device."""
-    import main as main_lib
+    import step as step_lib
     from configs import base
 
     config = base.get_config("demo")
     config.data.max_seq_len = MAX_LEN
-    mesh = jax.make_mesh((1,), (main_lib.AXIS,), devices=jax.devices()[:1])
-    featurize = main_lib.make_featurizer(config, m, mesh)
+    mesh = jax.make_mesh((1,), (step_lib.AXIS,), devices=jax.devices()[:1])
+    featurize = step_lib.make_featurizer(config, m, mesh)
     loader = data_lib.MixtureLoader.from_config(
         config.data, batch_size=64, seed=0, workdir=tempfile.mkdtemp()
     )

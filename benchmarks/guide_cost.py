@@ -37,6 +37,7 @@ def main(argv):
     import data as data_lib
     import main as trainer
     import runconfig
+    import step as step_lib
     from configs import base
 
     f = flags.FLAGS
@@ -48,10 +49,10 @@ def main(argv):
     devices = jax.devices()
     runconfig.validate(config, len(devices))
     m = trainer.build_model(config)
-    mesh = jax.make_mesh((len(devices),), (trainer.AXIS,), devices=devices)
-    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(trainer.AXIS))
-    optimizer, _ = trainer.make_optimizer(config)
-    featurize = trainer.make_featurizer(config, m, mesh)
+    mesh = jax.make_mesh((len(devices),), (step_lib.AXIS,), devices=devices)
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(step_lib.AXIS))
+    optimizer, _ = step_lib.make_optimizer(config)
+    featurize = step_lib.make_featurizer(config, m, mesh)
     loader = data_lib.MixtureLoader.from_config(
         config.data, batch_size=config.batch_size, seed=0, workdir=tempfile.mkdtemp()
     )
@@ -64,9 +65,9 @@ def main(argv):
     guide_model, guide_params = trainer.build_guide(guided_config, m)
     guide_params = jax.device_put(guide_params, replicated)
     runs = {
-        "plain": (trainer.make_train_step(config, m, mesh, optimizer), ()),
+        "plain": (step_lib.make_train_step(config, m, mesh, optimizer), ()),
         "guided": (
-            trainer.make_train_step(guided_config, m, mesh, optimizer, guide_model),
+            step_lib.make_train_step(guided_config, m, mesh, optimizer, guide_model),
             (guide_params,),
         ),
     }
@@ -75,7 +76,7 @@ def main(argv):
     for name, (step, extra) in runs.items():
         params = jax.tree.map(np.array, m.params)
         states[name] = jax.device_put(
-            trainer.TrainState(params, optimizer.init(params), jax.random.key(0), np.int32(0)),
+            step_lib.TrainState(params, optimizer.init(params), jax.random.key(0), np.int32(0)),
             replicated,
         )
         for b in batches:

@@ -55,6 +55,7 @@ def ours_trainer(
     import data as data_lib
     import main
     import runconfig
+    import step as step_lib
     from configs import base
 
     if config is None:
@@ -65,16 +66,16 @@ def ours_trainer(
     devices = jax.devices()
     runconfig.validate(config, len(devices))
     m = main.build_model(config)
-    mesh = jax.make_mesh((len(devices),), (main.AXIS,), devices=devices)
-    optimizer, _ = main.make_optimizer(config)
-    state = main.TrainState(m.params, optimizer.init(m.params), jax.random.key(0), np.int32(0))
+    mesh = jax.make_mesh((len(devices),), (step_lib.AXIS,), devices=devices)
+    optimizer, _ = step_lib.make_optimizer(config)
+    state = step_lib.TrainState(m.params, optimizer.init(m.params), jax.random.key(0), np.int32(0))
     state = jax.device_put(state, NamedSharding(mesh, P()))
-    step_fn = main.make_train_step(config, m, mesh, optimizer)
-    featurize = main.make_featurizer(config, m, mesh)
+    step_fn = step_lib.make_train_step(config, m, mesh, optimizer)
+    featurize = step_lib.make_featurizer(config, m, mesh)
     loader = data_lib.MixtureLoader.from_config(
         config.data, batch_size=batch_size, seed=0, workdir=tempfile.mkdtemp()
     )
-    sharding = NamedSharding(mesh, P(main.AXIS))
+    sharding = NamedSharding(mesh, P(step_lib.AXIS))
 
     def put(arrays):
         return {k: jax.device_put(v, sharding) for k, v in arrays.items()}

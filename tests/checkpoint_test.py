@@ -14,7 +14,7 @@ import pytest
 
 import checkpoint
 import convert
-import main
+import step as step_lib
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -28,7 +28,7 @@ def _state(m, step, optimizer=None):
     """A TrainState at `step` whose params are the model's plus `step` (tells saves apart)."""
     params = jax.tree.map(lambda x: x + np.float32(step), m.params)
     opt = (optimizer or optax.adamw(1e-3)).init(params)
-    return main.TrainState(params, opt, jax.random.key(step), np.int32(step))
+    return step_lib.TrainState(params, opt, jax.random.key(step), np.int32(step))
 
 
 def _save(workdir, m, step, **kw):

@@ -20,6 +20,7 @@ import convert
 import main
 import model_card
 import runconfig
+import step as step_lib
 from configs import base
 from tools import record_loss_trace
 
@@ -180,7 +181,7 @@ def test_resume_refuses_a_checkpoint_incompatible_change_and_allows_the_others(t
         # Steps 1-8 from the first run, 9-12 from the resumed one: nothing trained twice.
         assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
         lrs = {r["step"]: r["lr"] for r in records if "loss" in r}
-        _, schedule = main.make_optimizer(config)
+        _, schedule = step_lib.make_optimizer(config)
         assert lrs[9] == pytest.approx(float(schedule(8)))  # the new config's schedule
         # The config that applied up to step 8 is kept; run_config.json is the new one.
         with open(os.path.join(where, change[0]["previous_config"]), "rb") as f:
@@ -294,9 +295,9 @@ def test_featurizer_prefixes_the_config_prompts():
     m = main.build_model(cfg)
     assert (m.query_prompt, m.document_prompt) == ("query: ", "")  # what the export will say
     examples = [(f"anchor {i}", f"positive {i}", f"negative {i}") for i in range(8)]
-    got = main.make_featurizer(cfg, m, jax.make_mesh((8,), ("data",)))(examples)
+    got = step_lib.make_featurizer(cfg, m, jax.make_mesh((8,), ("data",)))(examples)
     prefixed = [(f"query: anchor {i}", f"positive {i}", f"neg: negative {i}") for i in range(8)]
-    want = main.make_featurizer(
+    want = step_lib.make_featurizer(
         smoke(**{"data.max_negatives": 2}), m, jax.make_mesh((8,), ("data",))
     )(prefixed)
     chex.assert_trees_all_equal(got, want)
