@@ -120,3 +120,6 @@ def test_committed_study_prints_both_tables_and_the_page_shows_them():
     assert len(tables) == 2
     for table in tables:
         assert table in page, "docs/study.md: rerun `python tools/study_tables.py` and paste"
+    # docs/results.md shows the side-by-side table too (the study's headline page).
+    with open(os.path.join(root, "docs", "results.md")) as f:
+        assert tables[0] in f.read(), "docs/results.md: paste the side-by-side table"

@@ -2,8 +2,8 @@
 
     python tools/study_tables.py [docs/study]   # reads STUDY/{ours,st}/cells/*/seed_*/result.json
 
-Prints two Markdown tables to paste into docs/study.md (tests/study_tables_test.py fails when the
-page does not show them as printed):
+Prints two Markdown tables to paste into docs/study.md, the first also into docs/results.md
+(tests/study_tables_test.py fails when a page does not show them as printed):
 
 1. ours and sentence-transformers' trainer side by side, cell by cell: the machine each cell ran
    on, SciFact test nDCG@10 and STS-B dev Spearman (mean ± std over seeds, the seeds' own
